@@ -16,6 +16,7 @@ from serving.gateway import auth, metrics, openapi, request_hooks
 from serving.gateway.backend import ModelCatalog, ModelServerClient, TlsSettings
 from serving.gateway.config import load_config
 from serving.gateway.errors import GatewayError
+from serving.gateway.requests_parsing import GatewayRequest
 from serving.gateway.views import blueprint
 from serving.gateway.web import blueprint as web_blueprint
 
@@ -28,6 +29,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    app.request_class = GatewayRequest  # uploads parsed into memory buffers, not temporary files
     # Werkzeug answers "//" in a path and a missing trailing slash with an HTML redirect,
     # bypassing error handlers; every answer here is JSON, so such paths are plain 404s.
     app.url_map.merge_slashes = False

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import re
 from dataclasses import dataclass
+from typing import IO
 
 from flask import Request
 
@@ -21,6 +23,24 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts '²', 
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _WHITESPACE = re.compile(rb"\s+")
 _DATA_URL = re.compile(r"data:[\w.+/-]*;base64,", re.ASCII)
+
+
+class GatewayRequest(Request):
+    """Flask's request, with uploaded files kept in memory (the app's `request_class`).
+
+    Werkzeug spools every file part to a SpooledTemporaryFile, a costly object for a
+    few-kilobyte image; the body is bounded by MAX_CONTENT_LENGTH and the images are read
+    into memory anyway, so a plain buffer holds each part.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
 
 
 @dataclass(frozen=True)
