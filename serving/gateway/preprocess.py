@@ -130,7 +130,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                     code="image_too_large",
                 )
             image.load()
-            return ImageOps.exif_transpose(image)
+            # In place: without an Orientation tag the copying variant copies every pixel for nothing.
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -170,7 +172,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 def reframe(image: Image.Image, spec: PreprocessingSpec) -> tuple[Image.Image, framing.Framing]:
     """A decoded image to the model's H×W and mode (8-bit), reframed as the spec says, and what was done."""
     image = _to_8bit(_flatten_alpha(image))
-    image = image.convert("L" if spec.channels == 1 else "RGB")
+    mode = "L" if spec.channels == 1 else "RGB"
+    if image.mode != mode:  # convert() to the same mode would copy the pixels
+        image = image.convert(mode)
     frame = (spec.width, spec.height)
     if spec.crop == "none" and not spec.invert_light_background and spec.contrast == "none":
         if image.size != frame:
@@ -219,11 +223,12 @@ def image_to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     return _to_array(reframe(image, spec)[0], spec)
 
 
-def _to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[:, :, np.newaxis]
-    return array / np.float32(spec.scale)
+def _to_array(image: Image.Image, spec: PreprocessingSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """The 8-bit image as float32 [H, W, C] / scale, written into `out` when given."""
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    return np.divide(pixels, np.float32(spec.scale), out=out, dtype=np.float32)
 
 
 def preprocess_images_explained(
@@ -242,7 +247,7 @@ def preprocess_images_explained(
             if len(images) == 1:
                 raise
             raise InvalidImageError(f"image {index}: {error.message}", code=error.code) from None
-        batch[index] = _to_array(image, spec)
+        _to_array(image, spec, out=batch[index])
         framings.append(done)
     return batch, framings
 
