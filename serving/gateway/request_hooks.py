@@ -26,56 +26,68 @@ def request_id() -> str:
     return g.get("request_id", "")
 
 
-def _incoming_request_id() -> str:
-    given = request.headers.get("X-Request-ID", "")
+def _incoming_request_id(headers) -> str:
+    given = headers.get("X-Request-ID", "")
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def register(app: Flask, authenticator: TokenAuthenticator) -> None:
+    # The hooks run on every request: each reads the request and `g` through one context
+    # lookup (`_get_current_object`) instead of one per attribute, some 30 lookups less.
     @app.before_request
     def start_request():
-        g.started = time.perf_counter()
-        g.request_id = _incoming_request_id()
+        current, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        state.started = time.perf_counter()
+        state.request_id = _incoming_request_id(current.headers)
         metrics.IN_FLIGHT.inc()
-        g.in_flight = True
-        authenticator.check(request.path, request.headers.get("Authorization"))
+        state.in_flight = True
+        if authenticator.enabled:
+            authenticator.check(current.path, current.headers.get("Authorization"))
 
     @app.after_request
     def finish_request(response: Response):
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        model, version = g.get("model", ""), g.get("version", "")
-        metrics.REQUESTS.labels(endpoint, model, str(response.status_code), str(version)).inc()
+        current, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        elapsed = time.perf_counter() - state.get("started", time.perf_counter())
+        endpoint = current.url_rule.rule if current.url_rule else "unmatched"
+        model, version = state.get("model", ""), state.get("version", "")
+        status, content_length = response.status_code, current.content_length
+        metrics.REQUESTS.labels(endpoint, model, str(status), str(version)).inc()
         metrics.LATENCY.labels(endpoint).observe(elapsed)
-        if request.content_length:
-            metrics.REQUEST_BYTES.labels(endpoint).observe(request.content_length)
-        response.headers["X-Request-ID"] = request_id()
+        if content_length:
+            metrics.REQUEST_BYTES.labels(endpoint).observe(content_length)
+        headers = response.headers
+        headers["X-Request-ID"] = state.get("request_id", "")
         if version != "":
-            response.headers["X-Model-Version"] = str(version)
-        if response.status_code == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="pixelgate"'
-        fields = {
-            "request_id": request_id(),
-            "method": request.method,
-            "path": request.path[:256],
-            "endpoint": endpoint,
-            "status": response.status_code,
-            "code": g.get("error_code", ""),
-            "model": model,
-            "version": version,
-            "images": g.get("images", 0),
-            "request_bytes": request.content_length or 0,
-            "duration_ms": round(elapsed * 1000, 2),
-            "preprocess_ms": round(g.get("preprocess_seconds", 0.0) * 1000, 2),
-            "model_server_ms": round(g.get("model_server_seconds", 0.0) * 1000, 2),
-            "remote_addr": request.remote_addr or "",
-        }
-        logger.info(
-            "%s %s %d", request.method, fields["path"], response.status_code, extra={"fields": fields}
-        )
+            headers["X-Model-Version"] = str(version)
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="pixelgate"'
+        if logger.isEnabledFor(logging.INFO):
+            _log_request(current, state, response, endpoint, elapsed)
         return response
 
     @app.teardown_request
     def end_request(error: BaseException | None):
         if g.pop("in_flight", False):
             metrics.IN_FLIGHT.dec()
+
+
+def _log_request(current, state, response: Response, endpoint: str, elapsed: float) -> None:
+    """The request's one log line; its fields are the line's data (see logging_setup)."""
+    path = current.path[:256]
+    fields = {
+        "request_id": state.get("request_id", ""),
+        "method": current.method,
+        "path": path,
+        "endpoint": endpoint,
+        "status": response.status_code,
+        "code": state.get("error_code", ""),
+        "model": state.get("model", ""),
+        "version": state.get("version", ""),
+        "images": state.get("images", 0),
+        "request_bytes": current.content_length or 0,
+        "duration_ms": round(elapsed * 1000, 2),
+        "preprocess_ms": round(state.get("preprocess_seconds", 0.0) * 1000, 2),
+        "model_server_ms": round(state.get("model_server_seconds", 0.0) * 1000, 2),
+        "remote_addr": current.remote_addr or "",
+    }
+    logger.info("%s %s %d", current.method, path, response.status_code, extra={"fields": fields})
