@@ -72,7 +72,7 @@ def parse_arguments() -> argparse.Namespace:
         "--skip",
         nargs="*",
         default=[],
-        choices=["inprocess", "server", "batching", "gateway", "tutorial"],
+        choices=["inprocess", "server", "batching", "floor", "gateway", "tutorial"],
         help="phases to leave out (server: the model server without batching)",
     )
     return parser.parse_args()
@@ -97,7 +97,7 @@ def main() -> int:
             f"{'wrk (1 thread)' if wrk else 'python asyncio client (wrk not found)'}; gRPC load: grpc.aio",
             "req/s = images/s (one image per request); latencies from the client, including queueing; "
             "CPU ms = CPU time per request of the serving processes (model server, + gateway workers in "
-            "gateway rows)",
+            "gateway rows); load ms = CPU time per request of the load generator, on the same cores",
         ]
     )
     result.gateway_footprint = gateway_import_footprint()
@@ -155,6 +155,8 @@ def main() -> int:
                 result.results.append(with_cpu([server.pid], run))
         if "gateway" not in args.skip:
             run_gateway(args, result, workloads, server, models_dir, wrk, logs)
+    if "floor" not in args.skip:
+        run_floor(args, result, workloads, logs)
     if "tutorial" not in args.skip:
         for workload in workloads.values():
             run_tutorial(args, result, workload, models_dir, wrk, logs)
@@ -375,6 +377,37 @@ def run_gateway(
             result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
         finally:
             stack.stop(gateway)
+
+
+def run_floor(args, result: report.Report, workloads: dict[str, Workload], logs: Path) -> None:
+    """The same gRPC load against a Python PredictionService that runs no model (bench/grpc_floor.py)."""
+    for name, workload in workloads.items():
+        port = stack.free_port()
+        with (logs / "floor.log").open("w") as log:
+            floor = subprocess.Popen(
+                [sys.executable, "-m", "bench.grpc_floor", f"--port={port}", f"--model={name}"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+            try:
+                if floor.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"the gRPC floor server did not start; see {logs / 'floor.log'}")
+                for concurrency in args.concurrency:
+                    run = partial(
+                        grpc_load.run_closed_loop,
+                        f"127.0.0.1:{port}",
+                        workload.predict_requests(),
+                        concurrency,
+                        args.seconds,
+                        label=report.FLOOR,
+                        model=name,
+                    )
+                    result.results.append(best_of(args.rounds, partial(with_cpu, [floor.pid], run)))
+            finally:
+                stack.stop(floor)
+                floor.stdout.close()
 
 
 def run_tutorial(

@@ -12,6 +12,7 @@ from bench.stats import LoadResult
 IN_PROCESS = "in-process signature"
 SERVER = "model server gRPC"
 SERVER_BATCHING = "model server gRPC, batching"
+FLOOR = "Python gRPC floor (no model)"
 GATEWAY = "gateway HTTP (PNG)"
 TUTORIAL = "tutorial Flask app (PNG)"
 
@@ -46,7 +47,7 @@ def _number(value: float, digits: int = 0) -> str:
 def table_lines(report: Report) -> list[str]:
     lines = [
         f"{'model':<8} {'what':<30} {'load':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'CPU ms':>7}  errors"
+        f"{'CPU ms':>7} {'load ms':>7}  errors"
     ]
     for model, rates in report.in_process.items():
         for batch_size, rate in rates.items():
@@ -60,7 +61,7 @@ def table_lines(report: Report) -> list[str]:
         lines.append(
             f"{result.model:<8} {result.target:<30} {load:>9} {_number(result.throughput):>8} "
             f"{_number(result.p50_ms, 1):>8} {_number(result.p95_ms, 1):>8} {_number(result.p99_ms, 1):>8} "
-            f"{_number(result.server_cpu_ms, 2):>7}  {errors}"
+            f"{_number(result.server_cpu_ms, 2):>7} {_number(result.load_cpu_ms, 2):>7}  {errors}"
         )
     return lines
 
@@ -83,7 +84,7 @@ def ratio_lines(report: Report) -> list[str]:
                 )
                 lines.append(f"{model:<8} gateway / tutorial at c={concurrency}: {ratio:.2f}x{verdict}")
         limit = report.in_process.get(model, {}).get(32)
-        for target in (SERVER, SERVER_BATCHING):
+        for target in (SERVER, SERVER_BATCHING, FLOOR):
             server = report.find(target, model, 32)
             if server and limit:
                 share = server.throughput / limit

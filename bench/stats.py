@@ -23,6 +23,7 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     tool: str = ""
     server_cpu_ms: float = float("nan")  # CPU of the serving processes per request (bench.cpu)
+    load_cpu_ms: float = float("nan")  # CPU of the load generator per request, on the same cores
     sent: int = 0  # every request sent, warm-up included: what the serving CPU time was spent on
 
     @property

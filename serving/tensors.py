@@ -25,6 +25,8 @@ _NUMPY_BY_DTYPE = {
     types_pb2.DT_BOOL: np.bool_,
 }
 _DTYPE_BY_NUMPY = {np.dtype(v): k for k, v in _NUMPY_BY_DTYPE.items()}
+# The numeric types `make_ndarray` reads (strings aside).
+NUMERIC_DTYPES = frozenset(_NUMPY_BY_DTYPE)
 
 # Which repeated field holds the values when tensor_content is empty.
 _VALUE_FIELD = {
@@ -76,9 +78,11 @@ def make_ndarray(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     if numpy_dtype is None:
         raise ValueError(f"unsupported tensor dtype {types_pb2.DataType.Name(tensor.dtype)}")
     if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype=np.dtype(numpy_dtype).newbyteorder("<")).astype(
-            numpy_dtype, copy=False
-        ).reshape(shape)
+        return (
+            np.frombuffer(tensor.tensor_content, dtype=np.dtype(numpy_dtype).newbyteorder("<"))
+            .astype(numpy_dtype, copy=False)
+            .reshape(shape)
+        )
     values = getattr(tensor, _VALUE_FIELD[tensor.dtype])
     if tensor.dtype == types_pb2.DT_HALF:
         flat = np.array(values, dtype=np.uint16).view(np.float16)

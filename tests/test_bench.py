@@ -81,3 +81,40 @@ def test_report_shows_every_run_and_judges_the_goals():
     assert "gateway / tutorial at c=32: 3.00x  goal >= 2x: met" in text
     assert "model server gRPC, batching at c=32 / in-process batch 32: 70%  goal >= 60%: met" in text
     assert text.count("mnist ") >= 5
+
+
+def test_grpc_floor_answers_predict_and_its_share_is_reported(workload):
+    import subprocess
+    import sys
+
+    from bench.cpu import with_cpu
+    from serving import stack
+
+    port = stack.free_port()
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.grpc_floor", f"--port={port}"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert floor.stdout.readline().strip() == "ready"
+        result = with_cpu(
+            [floor.pid],
+            lambda: grpc_load.run_closed_loop(
+                f"127.0.0.1:{port}",
+                workload.predict_requests(),
+                4,
+                0.5,
+                label=report.FLOOR,
+                model="mnist",
+                warmup=0.1,
+            ),
+        )
+    finally:
+        stack.stop(floor)
+        floor.stdout.close()
+    assert result.requests > 0 and not result.errors
+    assert result.server_cpu_ms > 0 and result.load_cpu_ms > 0
+    runs = report.Report(header=["test"], in_process={"mnist": {32: 1000.0}}, results=[result])
+    text = report.render(runs)
+    assert f"mnist    {report.FLOOR} at c=32" not in text  # only c=4 ran: no ratio without the c=32 run
+    result.concurrency = 32
+    assert f"{report.FLOOR} at c=32 / in-process batch 32: " in report.render(runs)

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-import tensorflow as tf
 
 from serving.model_server import errors, metrics
 from serving.model_server.core import ModelServerCore
 from serving.model_server.run_options import run_timeout
-from serving.model_server.tensor_encoding import encode_tensor
+from serving.model_server.tensor_encoding import decode_tensor, encode_tensor
 from serving.protos.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -113,7 +112,7 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
             request.inputs,
             signature_name=request.model_spec.signature_name,
             output_filter=list(request.output_filter),
-            decode=tf.make_ndarray,
+            decode=decode_tensor,
             **_version_choice(request.model_spec),
         )
         response = predict_pb2.PredictResponse()
