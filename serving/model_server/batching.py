@@ -384,9 +384,14 @@ class BatchScheduler:
         with self._condition:
             if queue.closed or self._stopping:
                 raise Unavailable("The batch scheduling queue to which this task was submitted is closed")
+            batches, open_size = len(queue.batches), queue.batches[-1].size
             queue.add(task)
-            # Wake free threads, one per batch: each takes one now or sleeps until it is due.
-            self._condition.notify(len(queue.batches))
+            # Wake free threads, one per batch, when there is news for them: a batch closed or
+            # filled (take it now), or a batch opened (sleep until it is due). A task joining
+            # a batch that is already open changes nothing for a thread timing that batch, and
+            # waking it for each one cost the server a thread switch per request.
+            if len(queue.batches) != batches or open_size == 0 or queue.open_batch_deadline() == 0.0:
+                self._condition.notify(len(queue.batches))
 
     def remove_queue(self, queue: _BatchQueue) -> None:
         """Run what the queue still holds, then drop it (TF's QueueHandle destructor)."""
@@ -524,8 +529,9 @@ class BatchingSession:
 
     def _check_deadlines(self, tasks: list[_Task]) -> None:
         now = time.monotonic()
+        queuing_latency = QUEUING_LATENCY.labels(self._options.thread_pool_name)
         for task in tasks:
-            QUEUING_LATENCY.labels(self._options.thread_pool_name).observe((now - task.enqueued) * 1e6)
+            queuing_latency.observe((now - task.enqueued) * 1e6)
         if all(task.deadline is not None and task.deadline <= now for task in tasks):
             raise ModelServerError(
                 "Run() timeout exceeded while waiting in batching queue", grpc.StatusCode.RESOURCE_EXHAUSTED
