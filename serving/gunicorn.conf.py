@@ -12,6 +12,12 @@ threads = int(os.environ.get("GATEWAY_THREADS", 8))
 # gthread, answering gunicorn's own errors (URI too long, bad headers) as JSON like the app does,
 # and refusing new connections as soon as a graceful stop begins.
 worker_class = "serving.gateway.http_worker.GatewayThreadWorker"
+# Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections
+# evenly over them. On one shared socket whichever worker wins the accept race keeps the
+# connection: under a burst of connections one worker often got all of them (all 32 of wrk's in
+# one run of three), its GIL capping the gateway at one core while the other worker idled.
+# GATEWAY_REUSE_PORT=false goes back to one socket shared by all workers.
+reuse_port = os.environ.get("GATEWAY_REUSE_PORT", "true").strip().lower() not in ("0", "false", "no", "off")
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", 20))
 keepalive = 5
