@@ -58,39 +58,42 @@ def top_predictions(probabilities: np.ndarray, classes: tuple[str, ...], top_k: 
 
 @blueprint.post("/v1/models/<name>:predict")
 def predict(name: str):
+    # The request and `g` themselves, not their context-local proxies: every attribute read
+    # through a proxy looks the context up again, and this runs on every prediction.
+    current, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
     config = current_app.config
-    options = parse_options(request, config["DEFAULT_TOP_K"], config["MAX_TOP_K"])
-    debug = _debug_requested(request.args.get("debug"))
+    options = parse_options(current, config["DEFAULT_TOP_K"], config["MAX_TOP_K"])
+    debug = _debug_requested(current.args.get("debug"))
     catalog = _catalog()
     catalog.check_name(name)
-    g.model = name
-    images = extract_images(request, config["MAX_IMAGES_PER_REQUEST"])
-    g.images = len(images)
+    state.model = name
+    images = extract_images(current, config["MAX_IMAGES_PER_REQUEST"])
+    state.images = len(images)
     metrics.IMAGES_PER_REQUEST.labels(name).observe(len(images))
     check_image_sizes(images, ImageLimits(config["MAX_IMAGE_PIXELS"], config["MAX_IMAGE_SIDE"],
                                           config["MAX_REQUEST_PIXELS"]))
     info = catalog.resolve(name, options.version, options.label)
     started = time.perf_counter()
     batch, framings = _preprocess(images, info)
-    g.preprocess_seconds = time.perf_counter() - started
-    metrics.PREPROCESS_SECONDS.labels(name).observe(g.preprocess_seconds)
+    state.preprocess_seconds = time.perf_counter() - started
+    metrics.PREPROCESS_SECONDS.labels(name).observe(state.preprocess_seconds)
     started = time.perf_counter()
+    client, inputs = _client(), {info.input_key: batch}
     try:
-        version, outputs = _client().predict(name, info.version, {info.input_key: batch}, [info.output_key],
-                                             request_id())
+        version, outputs = client.predict(name, info.version, inputs, [info.output_key], request_id())
     except ModelNotFoundError:
         if options.version is not None:
             raise
         # The cached latest version was unloaded meanwhile: ask again once.
         catalog.forget(name)
         info = catalog.resolve(name, None, options.label)
-        version, outputs = _client().predict(name, info.version, {info.input_key: batch}, [info.output_key],
-                                             request_id())
-    g.model_server_seconds = time.perf_counter() - started
-    g.version = version
-    metrics.MODEL_SERVER_SECONDS.labels(name).observe(g.model_server_seconds)
+        inputs = {info.input_key: batch}
+        version, outputs = client.predict(name, info.version, inputs, [info.output_key], request_id())
+    state.model_server_seconds = time.perf_counter() - started
+    state.version = version
+    metrics.MODEL_SERVER_SECONDS.labels(name).observe(state.model_server_seconds)
     probabilities = outputs[info.output_key].reshape(len(images), -1)
-    request.environ["pixelgate.model"] = (name, version)
+    current.environ["pixelgate.model"] = (name, version)
     predictions = top_predictions(probabilities, info.classes, options.top_k)
     if debug:
         # What the model saw, so a user can tell a bad crop or a wrong inversion from a bad model.
