@@ -5,10 +5,13 @@ import os
 bind = f"{os.environ.get('GATEWAY_HOST', '0.0.0.0')}:{os.environ.get('GATEWAY_PORT', '8000')}"
 # Decoding and preprocessing hold the GIL, so one process per core the gateway may use (its CPU
 # affinity: a container's or taskset's share, not the host's count). Most of a request's time
-# is the wait on the model server, so 8 threads each keep enough requests in flight for the
-# model server to batch them (docs/benchmarks.md).
+# is the wait on the model server, so 16 threads each keep enough requests in flight for the
+# model server to batch them, and let up to 16 kept-alive connections per worker keep their
+# thread between requests (http_worker.py): 16 cost the workers less CPU per request than 8
+# at concurrency 16, the same at 32, and answered as many or more requests per second
+# (docs/benchmarks.md).
 workers = int(os.environ.get("GATEWAY_WORKERS", len(os.sched_getaffinity(0))))
-threads = int(os.environ.get("GATEWAY_THREADS", 8))
+threads = int(os.environ.get("GATEWAY_THREADS", 16))
 # gthread, answering gunicorn's own errors (URI too long, bad headers) as JSON like the app does,
 # and refusing new connections as soon as a graceful stop begins.
 worker_class = "serving.gateway.http_worker.GatewayThreadWorker"
