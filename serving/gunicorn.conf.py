@@ -1,6 +1,7 @@
 """gunicorn settings for the gateway; every value can be overridden by an environment variable."""
 
 import os
+import socket
 
 bind = f"{os.environ.get('GATEWAY_HOST', '0.0.0.0')}:{os.environ.get('GATEWAY_PORT', '8000')}"
 # Decoding and preprocessing hold the GIL, so one process per core the gateway may use (its CPU
@@ -26,6 +27,24 @@ graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", 20))
 keepalive = 5
 accesslog = None  # the app logs one line per request itself
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    """Refuse a port someone else listens on: SO_REUSEPORT would share it instead of failing."""
+    if not server.cfg.reuse_port:
+        return
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):  # a unix socket path
+            continue
+        host, port = address[0], address[1]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                probe.listen(1)
+            except OSError as error:
+                raise SystemExit(f"gateway: cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 def child_exit(server, worker):
