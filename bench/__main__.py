@@ -109,19 +109,9 @@ def main() -> int:
         with model_server(
             config_file, logs / "server.log", "--enable_model_warmup=false", *args.server_flags
         ) as server:
-            for name, workload in workloads.items():
+            for workload in workloads.values():
                 result.first_requests.append(first_request_latency(server.target, workload, warmup="off"))
-                for concurrency in args.concurrency:
-                    run = partial(
-                        grpc_load.run_closed_loop,
-                        server.target,
-                        workload.predict_requests(),
-                        concurrency,
-                        args.seconds,
-                        label=report.SERVER,
-                        model=name,
-                    )
-                    result.results.append(best_of(args.rounds, partial(with_cpu, [server.pid], run)))
+                grpc_runs(args, result, report.SERVER, server.target, server.pid, workload)
     batching_flags = ["--enable_batching", f"--batching_parameters_file={args.batching_parameters}"]
     with model_server(
         config_file, logs / "server-batching.log", *batching_flags, *args.server_flags
@@ -130,17 +120,7 @@ def main() -> int:
             result.first_requests.append(first_request_latency(server.target, workload, warmup="on"))
             if "batching" in args.skip:
                 continue
-            for concurrency in args.concurrency:
-                run = partial(
-                    grpc_load.run_closed_loop,
-                    server.target,
-                    workload.predict_requests(),
-                    concurrency,
-                    args.seconds,
-                    label=report.SERVER_BATCHING,
-                    model=name,
-                )
-                result.results.append(best_of(args.rounds, partial(with_cpu, [server.pid], run)))
+            grpc_runs(args, result, report.SERVER_BATCHING, server.target, server.pid, workload)
             saturation = result.best(report.SERVER_BATCHING, name)
             if saturation:
                 run = partial(
@@ -303,6 +283,21 @@ def best_of(rounds: int, run: Callable[[], LoadResult]) -> LoadResult:
     return max((run() for _ in range(max(rounds, 1))), key=lambda result: result.throughput)
 
 
+def grpc_runs(args, result: report.Report, label: str, target: str, pid: int, workload: Workload) -> None:
+    """Single-image Predict at each of the concurrencies, with the serving process's CPU."""
+    for concurrency in args.concurrency:
+        run = partial(
+            grpc_load.run_closed_loop,
+            target,
+            workload.predict_requests(),
+            concurrency,
+            args.seconds,
+            label=label,
+            model=workload.model,
+        )
+        result.results.append(best_of(args.rounds, partial(with_cpu, [pid], run)))
+
+
 def http_runs(
     args, result: report.Report, label: str, url: str, workload: Workload, wrk: str | None, pids: list[int]
 ) -> None:
@@ -394,17 +389,7 @@ def run_floor(args, result: report.Report, workloads: dict[str, Workload], logs:
             try:
                 if floor.stdout.readline().strip() != "ready":
                     raise RuntimeError(f"the gRPC floor server did not start; see {logs / 'floor.log'}")
-                for concurrency in args.concurrency:
-                    run = partial(
-                        grpc_load.run_closed_loop,
-                        f"127.0.0.1:{port}",
-                        workload.predict_requests(),
-                        concurrency,
-                        args.seconds,
-                        label=report.FLOOR,
-                        model=name,
-                    )
-                    result.results.append(best_of(args.rounds, partial(with_cpu, [floor.pid], run)))
+                grpc_runs(args, result, report.FLOOR, f"127.0.0.1:{port}", floor.pid, workload)
             finally:
                 stack.stop(floor)
                 floor.stdout.close()
