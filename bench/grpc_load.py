@@ -12,6 +12,7 @@ from collections import Counter
 
 import grpc
 
+from bench.pacing import paced
 from bench.stats import LoadResult, from_latencies
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -82,12 +83,7 @@ async def _open_loop(target, requests, rate, seconds, label, model) -> LoadResul
             except grpc.aio.AioRpcError as error:
                 errors[error.code().name] += 1
 
-        start = time.perf_counter()
-        for index, request in enumerate(itertools.cycle(requests)):
-            scheduled = start + index / rate
-            if scheduled >= start + seconds:
-                break
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        async for request, scheduled in paced(requests, rate, seconds):
             if len(in_flight) >= MAX_IN_FLIGHT_OPEN_LOOP:
                 errors["GENERATOR_OVERLOADED"] += 1
                 continue

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.pacing import paced
 from bench.stats import LoadResult, from_latencies
 
 logger = logging.getLogger(__name__)
@@ -221,12 +222,7 @@ async def _open_loop(url, bodies, content_type, rate, seconds, label, model) -> 
             errors[f"HTTP {status}"] += 1
         idle.append(connection)
 
-    start = time.perf_counter()
-    for index, request in enumerate(itertools.cycle(prepared)):
-        scheduled = start + index / rate
-        if scheduled >= start + seconds:
-            break
-        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+    async for request, scheduled in paced(prepared, rate, seconds):
         if not idle:
             if opened >= MAX_CONNECTIONS_OPEN_LOOP:
                 errors["GENERATOR_OVERLOADED"] += 1
