@@ -17,6 +17,7 @@ from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import DataLoss, InvalidArgument, Unimplemented
 from serving.model_server.inference import run_classify, run_multi_inference, run_regress
 from serving.model_server.predict import run_predict
+from serving.model_server.tensor_encoding import decode_tensor
 from serving.protos.tensorflow_serving.apis import prediction_log_pb2
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _replay(bundle: SavedModelBundle, log: prediction_log_pb2.PredictionLog, che
             request.model_spec.signature_name,
             request.inputs,
             list(request.output_filter),
-            tf.make_ndarray,
+            decode_tensor,  # what a gRPC Predict decodes with, so warmup runs the same path
             check_method_name,
         )
     elif kind == "classify_log":
