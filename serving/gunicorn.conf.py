@@ -30,8 +30,12 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
 def on_starting(server):
-    """Refuse a port someone else listens on: SO_REUSEPORT would share it instead of failing."""
-    if not server.cfg.reuse_port:
+    """Refuse a port someone else listens on: SO_REUSEPORT would share it instead of failing.
+
+    Not on a binary upgrade (USR2): the new master shares the port with the old one's workers
+    on purpose, and gunicorn tells it so with `master_pid`.
+    """
+    if not server.cfg.reuse_port or server.master_pid:
         return
     for address in server.cfg.address:
         if not isinstance(address, tuple):  # a unix socket path
