@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from serving.gateway import auth, metrics, openapi, request_hooks
 from serving.gateway.backend import ModelCatalog, ModelServerClient, TlsSettings
+from serving.gateway.coalescing import Coalescer
 from serving.gateway.config import load_config
 from serving.gateway.errors import GatewayError
 from serving.gateway.requests_parsing import GatewayRequest
@@ -36,8 +37,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.config.update(load_config(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    coalescer = (
+        Coalescer(app.config["COALESCE_MAX_IMAGES"], app.config["COALESCE_MAX_IN_FLIGHT"])
+        if app.config["COALESCE_PREDICTIONS"] else None
+    )
     client = ModelServerClient(app.config["MODEL_SERVER"], app.config["REQUEST_TIMEOUT_SECONDS"],
-                               TlsSettings.from_config(app.config))
+                               TlsSettings.from_config(app.config), coalescer)
     names = [n.strip() for n in app.config["MODELS"].split(",") if n.strip()]
     app.extensions["pixelgate.client"] = client
     app.extensions["pixelgate.catalog"] = ModelCatalog(

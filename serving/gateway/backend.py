@@ -16,8 +16,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from serving.gateway.errors import InvalidRequestError, ModelNotFoundError, from_grpc_error
-from serving.gateway.metrics import MODEL_SERVER_ERRORS
+from serving.gateway.coalescing import Coalescer, CoalescingError
+from serving.gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelServerUnavailableError,
+    from_grpc_error,
+)
+from serving.gateway.metrics import MODEL_SERVER_BATCH_IMAGES, MODEL_SERVER_ERRORS
 from serving.gateway.preprocess import PreprocessingSpec
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
@@ -104,14 +111,21 @@ class VersionStatus:
 
 
 class ModelServerClient:
-    """Thin, typed wrappers over PredictionService and ModelService."""
+    """Thin, typed wrappers over PredictionService and ModelService.
 
-    def __init__(self, target: str, timeout: float, tls: TlsSettings | None = None):
+    With a `coalescer`, concurrent predictions of one model version share Predict calls
+    (see coalescing.py); requests with more images than a shared call may hold go alone.
+    """
+
+    def __init__(self, target: str, timeout: float, tls: TlsSettings | None = None,
+                 coalescer: Coalescer | None = None):
         self.target = target
         self.timeout = timeout
         self.channel = create_channel(target, tls)
+        self.coalescer = coalescer
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self._not_coalesced: set[tuple] = set()  # keys whose answers cannot be split by image
 
     def close(self) -> None:
         self.channel.close()
@@ -124,23 +138,35 @@ class ModelServerClient:
         try:
             return getattr(stub, method_name)(request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.RpcError as error:
-            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-            MODEL_SERVER_ERRORS.labels(method_name, code.name if code else "UNKNOWN").inc()
-            raise from_grpc_error(error) from None
+            raise _failed(method_name, error) from None
 
     def predict(
         self, name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str],
         request_id: str = "",
     ) -> tuple[int, dict[str, np.ndarray]]:
-        request = predict_pb2.PredictRequest(output_filter=list(output_keys))
-        request.model_spec.name = name
-        request.model_spec.signature_name = SIGNATURE_NAME
-        request.model_spec.version.value = version
-        for key, array in inputs.items():
-            request.inputs[key].CopyFrom(make_tensor_proto(array))
+        if self.coalescer is not None and len(inputs) == 1:
+            (input_key, images), = inputs.items()
+            key = (name, version, input_key, tuple(output_keys), images.shape[1:], images.dtype.str)
+            if len(images) < self.coalescer.max_images and key not in self._not_coalesced:
+                def start_call(batch: np.ndarray, request_ids: list[str], timeout: float) -> grpc.Future:
+                    request = _predict_request(name, version, {input_key: batch}, output_keys)
+                    MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(batch))
+                    metadata = (("x-request-id", ",".join(request_ids)),) if request_ids else None
+                    return self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
+
+                try:
+                    return self.coalescer.submit(key, images, self.timeout, start_call, _outputs, request_id)
+                except grpc.RpcError as error:
+                    raise _failed("Predict", error) from None
+                except CoalescingError as error:
+                    logger.warning("model '%s' version %d: predictions are not coalesced: %s", name, version, error)
+                    self._not_coalesced.add(key)
+                except grpc.FutureCancelledError:  # the channel closed under the call: shutting down
+                    raise ModelServerUnavailableError("model server unavailable: the call was cancelled") from None
+        request = _predict_request(name, version, inputs, output_keys)
+        MODEL_SERVER_BATCH_IMAGES.labels(name).observe(max((len(a) for a in inputs.values()), default=0))
         response = self._call("Predict", request, request_id=request_id)
-        outputs = {key: make_ndarray(tensor) for key, tensor in response.outputs.items()}
-        return response.model_spec.version.value, outputs
+        return _outputs(response)
 
     def signature(
         self, name: str, version: int | None = None, label: str | None = None
@@ -172,6 +198,28 @@ class ModelServerClient:
             VersionStatus(s.version, state_name(s.state), s.status.error_message)
             for s in response.model_version_status
         ]
+
+
+def _predict_request(
+    name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str]
+) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest(output_filter=list(output_keys))
+    request.model_spec.name = name
+    request.model_spec.signature_name = SIGNATURE_NAME
+    request.model_spec.version.value = version
+    for key, array in inputs.items():
+        request.inputs[key].CopyFrom(make_tensor_proto(array))
+    return request
+
+
+def _outputs(response: predict_pb2.PredictResponse) -> tuple[int, dict[str, np.ndarray]]:
+    return response.model_spec.version.value, {key: make_ndarray(t) for key, t in response.outputs.items()}
+
+
+def _failed(method_name: str, error: grpc.RpcError) -> GatewayError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    MODEL_SERVER_ERRORS.labels(method_name, code.name if code else "UNKNOWN").inc()
+    return from_grpc_error(error)
 
 
 def _single_key(tensors, preferred: str | None, what: str, name: str) -> str:

@@ -44,6 +44,12 @@ REQUEST_BYTES = Histogram(
 IMAGES_PER_REQUEST = Histogram(
     "pixelgate_images_per_request", "Images in one predict request", ["model"], buckets=_IMAGES_BUCKETS
 )
+MODEL_SERVER_BATCH_IMAGES = Histogram(
+    "pixelgate_model_server_batch_images",
+    "Images in one Predict call to the model server (concurrent requests share calls)",
+    ["model"],
+    buckets=_IMAGES_BUCKETS,
+)
 MODEL_SERVER_ERRORS = Counter(
     "pixelgate_model_server_errors_total", "Model-server calls that failed, by gRPC code", ["method", "code"]
 )

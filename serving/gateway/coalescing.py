@@ -1,0 +1,171 @@
+"""Concurrent predictions for the same model version share one Predict call to the model server.
+
+Group commit: while `max_in_flight` calls for a key are out, new requests queue; each call that
+returns sends whatever has queued as one batch. A lone request goes at once (no timer, no added
+latency); under load, batches grow with the concurrency and the per-call cost is paid once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# What a finished call answers: (served version, {output key: array with one row per image}).
+Answer = tuple[int, dict[str, np.ndarray]]
+# One shared call: (the concatenated inputs, the request IDs, the timeout in seconds) -> a gRPC future.
+StartCall = Callable[[np.ndarray, list[str], float], grpc.Future]
+# The future's result -> the Answer.
+ReadAnswer = Callable[[Any], Answer]
+
+
+class CoalescingError(Exception):
+    """The shared call's answer cannot be split by image (an output without a leading batch dimension)."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    images: np.ndarray
+    deadline: float  # time.monotonic()
+    request_id: str
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Answer | None = None
+    error: BaseException | None = None
+
+    def finish(self, answer: Answer | None = None, error: BaseException | None = None) -> None:
+        self.answer, self.error = answer, error
+        self.done.set()
+
+
+@dataclass(eq=False)
+class _Lane:
+    """The queue and the calls in flight of one key: (model, version, input key, outputs, image shape, dtype)."""
+
+    pending: deque[_Waiter] = field(default_factory=deque)
+    in_flight: int = 0
+
+
+class Coalescer:
+    """Runs `submit`s for the same key as shared calls; thread-safe, one per process."""
+
+    def __init__(self, max_images: int = 32, max_in_flight: int = 2):
+        if max_images < 1 or max_in_flight < 1:
+            raise ValueError("max_images and max_in_flight must be at least 1")
+        self.max_images = max_images
+        self.max_in_flight = max_in_flight
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, key: Hashable, images: np.ndarray, timeout: float, start_call: StartCall,
+               read: ReadAnswer, request_id: str = "") -> Answer:
+        """This request's rows of a shared call's answer; raises the call's grpc.RpcError, or
+        grpc.RpcError-like `DeadlineExceeded` when `timeout` passes first."""
+        waiter = _Waiter(images, time.monotonic() + timeout, request_id)
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane()
+            lane.pending.append(waiter)
+            batch = self._take(lane)
+        if batch:
+            self._start(key, lane, batch, start_call, read)
+        if not waiter.done.wait(max(0.0, waiter.deadline - time.monotonic())):
+            # Still queued (a full pipeline) or its call is slow: the request gives up, as a
+            # call with this deadline would; a call it is part of still answers the others.
+            raise DeadlineExceeded(f"no answer within {timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.answer is not None
+        return waiter.answer
+
+    def _take(self, lane: _Lane) -> list[_Waiter]:
+        """Under the lock: the next batch, if a call may start now (requests already past their deadline dropped)."""
+        if lane.in_flight >= self.max_in_flight:
+            return []
+        now, batch, images = time.monotonic(), [], 0
+        while lane.pending:
+            waiter = lane.pending[0]
+            if waiter.deadline <= now:
+                lane.pending.popleft()  # its thread has answered 504 or is about to
+                continue
+            if batch and images + len(waiter.images) > self.max_images:
+                break
+            batch.append(lane.pending.popleft())
+            images += len(waiter.images)
+        if batch:
+            lane.in_flight += 1
+        return batch
+
+    def _start(self, key: Hashable, lane: _Lane, batch: list[_Waiter], start_call: StartCall,
+               read: ReadAnswer) -> None:
+        try:
+            images = batch[0].images if len(batch) == 1 else np.concatenate([w.images for w in batch])
+            timeout = max(w.deadline for w in batch) - time.monotonic()
+            future = start_call(images, [w.request_id for w in batch if w.request_id], max(timeout, 0.001))
+        except BaseException as error:  # noqa: BLE001 - every waiter must hear of it, whatever it is
+            self._finish(key, lane, batch, start_call, read, error=error)
+            return
+        future.add_done_callback(lambda done: self._finish(key, lane, batch, start_call, read, future=done))
+
+    def _finish(self, key: Hashable, lane: _Lane, batch: list[_Waiter], start_call: StartCall, read: ReadAnswer,
+                future: grpc.Future | None = None, error: BaseException | None = None) -> None:
+        # Runs on gRPC's callback thread: it must wake every waiter whatever happens.
+        try:
+            if error is None and future is not None:
+                error = future.exception()
+            if error is None:
+                _split(read(future.result()), batch)
+            else:
+                for waiter in batch:
+                    waiter.finish(error=error)
+        except BaseException as unexpected:  # noqa: BLE001
+            logger.exception("splitting a shared Predict answer failed")
+            for waiter in batch:
+                if not waiter.done.is_set():
+                    waiter.finish(error=unexpected)
+        with self._lock:
+            lane.in_flight -= 1
+            following = self._take(lane)
+            if not lane.pending and lane.in_flight == 0:
+                self._lanes.pop(key, None)  # keys do not pile up as versions come and go
+        if following:
+            self._start(key, lane, following, start_call, read)
+
+
+def _split(answer: Answer, batch: list[_Waiter]) -> None:
+    version, outputs = answer
+    if len(batch) == 1:
+        batch[0].finish(answer=answer)  # nothing to split, whatever the outputs' shapes
+        return
+    total = sum(len(w.images) for w in batch)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise CoalescingError(f"output '{name}' has shape {list(array.shape)}, not one row per image ({total})")
+    start = 0
+    for waiter in batch:
+        end = start + len(waiter.images)
+        waiter.finish(answer=(version, {name: array[start:end] for name, array in outputs.items()}))
+        start = end
+
+
+class DeadlineExceeded(grpc.RpcError):
+    """A request's own deadline passed while it waited for a shared call."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._details

@@ -1,0 +1,279 @@
+"""Coalescing: concurrent predictions of one model version share Predict calls.
+
+The Coalescer's ordering, splitting, deadlines and errors are driven here through calls whose
+answers the test controls; the real gunicorn gateway in front of a real model server then shows
+shared calls happen under concurrency (and not when switched off), each request getting its rows.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from serving.gateway.coalescing import Coalescer, CoalescingError, DeadlineExceeded
+from tests.conftest import encode
+from tests.gateway_stack import GatewayProcess, ModelServerProcess, export_slow_model
+
+
+class Calls:
+    """A start_call whose calls stay out until the test answers them: each answer is the inputs
+    times 10, one row per image, so every request can check it got its own rows."""
+
+    def __init__(self):
+        self.started: list[tuple[np.ndarray, list[str], Future]] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, images: np.ndarray, request_ids: list[str], timeout: float) -> Future:
+        future: Future = Future()
+        with self.changed:
+            self.started.append((images, request_ids, future))
+            self.changed.notify_all()
+        return future
+
+    def wait_for(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.started) >= count, timeout=10), self.started
+
+    def answer(self, index: int, outputs=None) -> None:
+        images, _, future = self.started[index]
+        future.set_result(outputs if outputs is not None else {"out": images[:, 0] * 10})
+
+
+def read(response):
+    return 7, response
+
+
+def submitter(coalescer: Coalescer, calls: Calls, pool: ThreadPoolExecutor, timeout: float = 10):
+    def submit(value: float, images: int = 1, request_id: str = ""):
+        batch = np.full((images, 3), value, dtype=np.float32)
+        return pool.submit(coalescer.submit, "key", batch, timeout, calls, read, request_id)
+
+    return submit
+
+
+def wait_queued(coalescer: Coalescer, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while sum(len(lane.pending) for lane in coalescer._lanes.values()) < count:
+        assert time.monotonic() < deadline, "requests never queued"
+        time.sleep(0.005)
+
+
+def test_a_lone_request_goes_at_once_and_gets_its_rows():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    with ThreadPoolExecutor(4) as pool:
+        answer = submitter(coalescer, calls, pool)(3.0, images=2, request_id="r1")
+        calls.wait_for(1)
+        assert calls.started[0][1] == ["r1"]
+        calls.answer(0)
+        version, outputs = answer.result(10)
+    assert version == 7
+    np.testing.assert_array_equal(outputs["out"], [30.0, 30.0])
+
+
+def test_requests_queued_behind_a_call_go_together_each_with_its_own_rows():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        first = submit(1.0)
+        calls.wait_for(1)
+        queued = [submit(float(value), images=value % 3 + 1, request_id=f"r{value}") for value in range(2, 7)]
+        wait_queued(coalescer, 5)
+        assert len(calls.started) == 1  # nothing else goes while the one call allowed is out
+        calls.answer(0)
+        calls.wait_for(2)
+        images, request_ids, _ = calls.started[1]
+        assert len(images) == sum(value % 3 + 1 for value in range(2, 7))
+        assert sorted(request_ids) == [f"r{value}" for value in range(2, 7)]
+        calls.answer(1)
+        np.testing.assert_array_equal(first.result(10)[1]["out"], [10.0])
+        for value, future in zip(range(2, 7), queued, strict=True):
+            np.testing.assert_array_equal(future.result(10)[1]["out"], [value * 10.0] * (value % 3 + 1))
+    assert len(calls.started) == 2 and not coalescer._lanes
+
+
+def test_a_shared_call_holds_at_most_max_images():
+    calls, coalescer = Calls(), Coalescer(max_images=4, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        submit(0.0)
+        calls.wait_for(1)
+        queued = [submit(float(value), images=3) for value in range(1, 4)]
+        wait_queued(coalescer, 3)
+        for index in range(3):
+            calls.answer(index)
+            calls.wait_for(index + 2)
+            assert len(calls.started[index + 1][0]) == 3  # 3 + 3 would exceed 4: one request per call
+        calls.answer(3)
+        assert [future.result(10)[1]["out"].tolist() for future in queued] == [[v * 10.0] * 3 for v in (1, 2, 3)]
+
+
+def test_max_in_flight_calls_go_at_once():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=2)
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        futures = [submit(1.0), submit(2.0)]
+        calls.wait_for(2)
+        futures.append(submit(3.0))
+        wait_queued(coalescer, 1)
+        calls.answer(1)
+        calls.wait_for(3)
+        calls.answer(0)
+        calls.answer(2)
+        assert [f.result(10)[1]["out"].tolist() for f in futures] == [[10.0], [20.0], [30.0]]
+
+
+def test_a_failed_call_fails_every_request_in_it_and_the_next_call_still_goes():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    error = grpc.RpcError("unavailable")
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        submit(0.0)
+        calls.wait_for(1)
+        queued = [submit(1.0), submit(2.0)]
+        wait_queued(coalescer, 2)
+        calls.answer(0)
+        calls.wait_for(2)
+        calls.started[1][2].set_exception(error)
+        for future in queued:
+            assert future.exception(10) is error
+        after = submit(5.0)
+        calls.wait_for(3)
+        calls.answer(2)
+        assert after.result(10)[1]["out"].tolist() == [50.0]
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_answers_deadline_exceeded_and_is_never_sent():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        submit(0.0)
+        calls.wait_for(1)
+        late = pool.submit(coalescer.submit, "key", np.full((1, 3), 1.0, np.float32), 0.2, calls, read, "late")
+        with pytest.raises(DeadlineExceeded) as raised:
+            late.result(10)  # its 0.2 s pass while the first call is out
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        patient = pool.submit(coalescer.submit, "key", np.full((1, 3), 2.0, np.float32), 10, calls, read, "ok")
+        wait_queued(coalescer, 1)
+        calls.answer(0)
+        calls.wait_for(2)
+        assert calls.started[1][1] == ["ok"]  # the expired request is dropped, not sent
+        calls.answer(1)
+        assert patient.result(10)[1]["out"].tolist() == [20.0]
+
+
+def test_answers_that_cannot_be_split_by_image_fail_with_coalescing_error():
+    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        submit = submitter(coalescer, calls, pool)
+        alone = submit(0.0)
+        calls.wait_for(1)
+        queued = [submit(1.0), submit(2.0)]
+        wait_queued(coalescer, 2)
+        calls.answer(0, {"scalar": np.float32(1.0)})
+        assert alone.result(10)[1]["scalar"] == 1.0  # a call of one request needs no splitting
+        calls.wait_for(2)
+        calls.answer(1, {"scalar": np.float32(1.0)})
+        for future in queued:
+            assert isinstance(future.exception(10), CoalescingError)
+
+
+def test_a_call_that_cannot_start_fails_its_requests_and_frees_the_key():
+    coalescer = Coalescer(max_images=32, max_in_flight=1)
+
+    def broken(images, request_ids, timeout):
+        raise ValueError("cannot build the request")
+
+    with pytest.raises(ValueError, match="cannot build"):
+        coalescer.submit("key", np.zeros((1, 3), np.float32), 5, broken, read)
+    assert not coalescer._lanes
+
+
+@pytest.fixture(scope="module")
+def slow_stack(tmp_path_factory, models_dir):
+    """A model server with the mnist test model and a model taking 0.3 s per call, and two
+    one-worker gateways in front: coalescing on (one call in flight at a time) and off."""
+    base = tmp_path_factory.mktemp("coalescing-models")
+    shutil.copytree(models_dir / "mnist" / "1", base / "mnist" / "1")
+    export_slow_model(base / "slow" / "1", 0.3)
+    config = base / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        + "".join(f'  config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
+                  for n in ("mnist", "slow"))
+        + "}\n"
+    )
+    logs = tmp_path_factory.mktemp("coalescing-logs")
+    server = ModelServerProcess(config, logs, flags=("--tensorflow_inter_op_parallelism=8",))
+    server.start(["mnist", "slow"])
+    gateways = {
+        setting: GatewayProcess(server.target, base, logs / f"gateway-{setting}.log", env={
+            "MODELS": "mnist,slow", "COALESCE_PREDICTIONS": setting, "COALESCE_MAX_IN_FLIGHT": "1",
+        })
+        for setting in ("true", "false")
+    }
+    try:
+        for gateway in gateways.values():
+            gateway.start(wait_path="/readyz")
+        yield gateways
+    finally:
+        for gateway in gateways.values():
+            if gateway.process is not None:
+                gateway.stop()
+        server.stop()
+
+
+def calls_and_images(gateway: GatewayProcess, model: str) -> tuple[float, float]:
+    """(Predict calls, images in them) for `model`, from the gateway's /metrics."""
+    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    values = {}
+    for what in ("count", "sum"):
+        match = re.search(rf'^pixelgate_model_server_batch_images_{what}{{model="{model}"}} (\S+)$', text, re.M)
+        values[what] = float(match.group(1)) if match else 0.0
+    return values["count"], values["sum"]
+
+
+@pytest.mark.parametrize(("setting", "shared"), [("true", True), ("false", False)])
+def test_concurrent_requests_share_calls_only_when_coalescing_is_on(slow_stack, test_images, setting, shared):
+    gateway = slow_stack[setting]
+    digit = encode(test_images["mnist"][0][0])
+    before = calls_and_images(gateway, "slow")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda _: requests.post(f"{gateway.url}/v1/models/slow:predict", data=digit,
+                                    headers={"Content-Type": "image/png"}, timeout=30), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert {a.json()["predictions"][0]["class_index"] for a in answers} == {3}
+    after = calls_and_images(gateway, "slow")
+    calls, images = after[0] - before[0], after[1] - before[1]
+    assert images == 8
+    # With one call in flight, the 7 requests arriving during the first 0.3 s call queue and share.
+    assert (calls < 8) if shared else (calls == 8)
+
+
+def test_shared_calls_give_each_request_the_answer_it_gets_alone(slow_stack, test_images):
+    gateway = slow_stack["true"]
+    images, _ = test_images["mnist"]
+    payloads = [encode(image) for image in images[:24]]
+
+    def ask(payload: bytes) -> list[float]:
+        response = requests.post(f"{gateway.url}/v1/models/mnist:predict?top_k=10", data=payload,
+                                 headers={"Content-Type": "image/png"}, timeout=30)
+        assert response.status_code == 200, response.text
+        return [entry["probability"] for entry in sorted(response.json()["predictions"][0]["top_k"],
+                                                          key=lambda entry: entry["class_index"])]
+
+    alone = [ask(p) for p in payloads]
+    before = calls_and_images(gateway, "mnist")
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, payloads * 4))
+    after = calls_and_images(gateway, "mnist")
+    np.testing.assert_allclose(np.array(together), np.array(alone * 4), rtol=1e-5, atol=1e-6)
+    assert after[1] - before[1] == 96
