@@ -112,7 +112,7 @@ def main() -> int:
             for workload in workloads.values():
                 result.first_requests.append(first_request_latency(server.target, workload, warmup="off"))
                 grpc_runs(args, result, report.SERVER, server.target, server.pid, workload)
-    batching_flags = ["--enable_batching", f"--batching_parameters_file={args.batching_parameters}"]
+    batching_flags = stack.batching_flags(args.batching_parameters)
     with model_server(
         config_file, logs / "server-batching.log", *batching_flags, *args.server_flags
     ) as server:

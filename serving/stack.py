@@ -100,6 +100,21 @@ def stop(*processes: subprocess.Popen, grace: float = 15) -> None:
             process.wait()
 
 
+def batching_flags(parameters_file: Path) -> list[str]:
+    """The model server's CPU batching setup, as `make serve` runs it and `make bench` measures it."""
+    return [
+        "--enable_batching",
+        f"--batching_parameters_file={parameters_file.resolve()}",
+        # Each request waiting for its batch holds a gRPC thread: the default 8 would cap batches at 8.
+        "--grpc_max_threads=32",
+        # One core per batch, and one batch thread per core (the parameters file leaves
+        # num_batch_threads to its default, the core count): batches run side by side instead of
+        # each spreading small ops over every core. On 2 cores this cut the model server's CPU per
+        # image by a fifth to a quarter and raised the gateway's throughput (docs/benchmarks.md).
+        "--tensorflow_intra_op_parallelism=1",
+    ]
+
+
 def model_names_in_config(config_file: Path) -> list[str]:
     from google.protobuf import text_format
 
@@ -129,9 +144,7 @@ def main() -> int:
     names = model_names_in_config(config_file)
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
-        # Each request waiting for its batch holds a gRPC thread: the default 8 would cap batches at 8.
-        flags += ["--enable_batching", f"--batching_parameters_file={Path(args.batching_parameters_file).resolve()}",
-                  "--grpc_max_threads=32"]
+        flags += batching_flags(Path(args.batching_parameters_file))
     model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags)
     gateway = None
     stopping = False
