@@ -203,6 +203,8 @@ def test_real_test_set_images_pass_through_unchanged(test_images, name, spec):
     np.testing.assert_array_equal(batch, images.astype(np.float32) / np.float32(255))
     if spec.crop == "content":
         assert all(framing.passed_through for framing in framings)
+    if spec.crop == "center_square":  # the whole frame is the square, as the general path reports it
+        assert {framing.content_box for framing in framings} == {(0, 0, 32, 32)}
 
 
 @pytest.mark.parametrize(("paper", "ink"), [(230, 30), (250, 90), (20, 220)])

@@ -180,6 +180,11 @@ def reframe(image: Image.Image, spec: PreprocessingSpec) -> tuple[Image.Image, f
         if image.size != frame:
             image = image.resize(frame, Image.Resampling.LANCZOS)
         return image, framing.Framing()
+    if (spec.crop == "center_square" and image.size == frame and (spec.fit_box or 0) >= max(frame)
+            and not spec.invert_light_background and spec.contrast == "none"):
+        # Already the model's size (a CIFAR-10 frame): the square crop and the fit below would
+        # give back the very same pixels, after four copies.
+        return image, framing.Framing(content_box=(0, 0, *frame))
     reduced, factor = framing.limit_size(image)
     pixels = np.asarray(reduced, dtype=np.float32)
     gray = framing.luminance(pixels)
