@@ -6,6 +6,7 @@ trimmed, their longer side resized to 28 and centred; CIFAR-10 frames are square
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,27 +67,70 @@ def border_mask(shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def estimate_backdrop(gray: np.ndarray) -> Backdrop:
-    height, width = gray.shape
-    rows, columns = np.nonzero(border_mask(gray.shape))
-    values = gray[rows, columns].astype(np.float64)
-    design = np.stack([np.ones_like(values), rows / height - 0.5, columns / width - 0.5], axis=1)
+# A few shapes at most: a model's own frame (every MNIST test image is 28×28) recurs and stays in,
+# while a 512×512 upload's ring is 20,000 pixels, 0.8 MB with their indices.
+@functools.lru_cache(maxsize=8)
+def border_design(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The border ring's (rows, columns) and the plane fit's design matrix [1, row, column], each
+    position a fraction of the side less 0.5; read-only, as they are shared by every image of the shape.
+
+    For a 28×28 image building these costs about as much as one pass of the fit.
+    """
+    height, width = shape
+    rows, columns = np.nonzero(border_mask(shape))
+    design = np.stack([np.ones(rows.shape), rows / height - 0.5, columns / width - 0.5], axis=1)
+    for array in (rows, columns, design):
+        array.flags.writeable = False
+    return rows, columns, design
+
+
+def median(values: np.ndarray) -> float:
+    """np.median of a non-empty 1-D float64 array, to the bit (the middle value, or the mean of the two
+    middle values), without its generality's overhead: several times faster on a border's ~100 values."""
+    middle = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, middle)[middle])
+    lower, upper = np.partition(values, (middle - 1, middle))[middle - 1 : middle + 1]
+    return (float(lower) + float(upper)) / 2
+
+
+def fit_border_plane(
+    values: np.ndarray, design: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, float]:
+    """A plane fitted to the border's values, robustly (refitted without outliers), as the level at each
+    pixel (float32 [H, W]), and the spread of the values it kept around it (a standard deviation)."""
+    height, width = shape
     keep = np.ones(values.shape, dtype=bool)
     for _ in range(3):  # refit without the content that touches the border
         coefficients = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
-        residuals = values - design @ coefficients
-        spread = 1.4826 * float(np.median(np.abs(residuals[keep])))
-        within = np.abs(residuals) <= 3 * spread + 2.0
-        if within.sum() < 3:
+        deviations = np.abs(values - design @ coefficients)
+        spread = 1.4826 * median(deviations[keep])
+        within = deviations <= 3 * spread + 2.0
+        if within.sum() < 3 or np.array_equal(within, keep):
+            # Refitting the same pixels would give the same plane again, and their spread is the noise.
             break
         keep = within
+    else:  # the third pass changed which pixels are kept: the noise is their spread
+        spread = 1.4826 * median(deviations[keep])
     level = (
         coefficients[0]
         + coefficients[1] * (np.arange(height, dtype=np.float32)[:, np.newaxis] / height - 0.5)
         + coefficients[2] * (np.arange(width, dtype=np.float32)[np.newaxis, :] / width - 0.5)
     )
-    noise = 1.4826 * float(np.median(np.abs(residuals[keep])))
-    backdrop = Backdrop(level=level.astype(np.float32), noise=noise, light=False)
+    return level.astype(np.float32), spread
+
+
+def estimate_backdrop(gray: np.ndarray) -> Backdrop:
+    rows, columns, design = border_design(gray.shape)
+    values = gray[rows, columns].astype(np.float64)
+    if values.any():
+        level, noise = fit_border_plane(values, design, gray.shape)
+    else:
+        # A black border, as 99 % of MNIST's have: the least-squares plane through zeros is exactly
+        # zero (lstsq's solution V·S⁺·Uᵀ·0 is ±0), so are its residuals and the noise; the fit costs
+        # ten times what the rest of this function does.
+        level, noise = np.zeros(gray.shape, dtype=np.float32), 0.0
+    backdrop = Backdrop(level=level, noise=noise, light=False)
     # Whichever side departs more from the background, beyond noise and lighting residue, is the
     # content's; every other pixel each way is plenty to tell.
     difference = gray[::2, ::2] - backdrop.level[::2, ::2]
