@@ -121,7 +121,8 @@ class Coalescer:
         # Runs on gRPC's callback thread: it must wake every waiter whatever happens.
         try:
             if error is None and future is not None:
-                error = future.exception()
+                # A call cancelled under us (the channel closing) has no exception to read.
+                error = grpc.FutureCancelledError() if future.cancelled() else future.exception()
             if error is None:
                 _split(read(future.result()), batch)
             else:
@@ -135,8 +136,8 @@ class Coalescer:
         with self._lock:
             lane.in_flight -= 1
             following = self._take(lane)
-            if not lane.pending and lane.in_flight == 0:
-                self._lanes.pop(key, None)  # keys do not pile up as versions come and go
+            if not lane.pending and lane.in_flight == 0 and self._lanes.get(key) is lane:
+                del self._lanes[key]  # keys do not pile up as versions come and go
         if following:
             self._start(key, lane, following, start_call, read)
 
