@@ -51,8 +51,8 @@ def read(response):
     return 7, response
 
 
-def submitter(coalescer: Coalescer, calls: Calls, pool: ThreadPoolExecutor, timeout: float = 10):
-    def submit(value: float, images: int = 1, request_id: str = ""):
+def submitter(coalescer: Coalescer, calls: Calls, pool: ThreadPoolExecutor):
+    def submit(value: float, images: int = 1, request_id: str = "", timeout: float = 10):
         batch = np.full((images, 3), value, dtype=np.float32)
         return pool.submit(coalescer.submit, "key", batch, timeout, calls, read, request_id)
 
@@ -64,6 +64,15 @@ def wait_queued(coalescer: Coalescer, count: int) -> None:
     while sum(len(lane.pending) for lane in coalescer._lanes.values()) < count:
         assert time.monotonic() < deadline, "requests never queued"
         time.sleep(0.005)
+
+
+def queued_behind_a_call(coalescer: Coalescer, calls: Calls, submit, values: list[float], images: int = 1):
+    """A request whose call is out (max_in_flight=1), then one request per value queued behind it."""
+    first = submit(0.0)
+    calls.wait_for(1)
+    queued = [submit(value, images=images) for value in values]
+    wait_queued(coalescer, len(values))
+    return first, queued
 
 
 def test_a_lone_request_goes_at_once_and_gets_its_rows():
@@ -103,10 +112,7 @@ def test_a_shared_call_holds_at_most_max_images():
     calls, coalescer = Calls(), Coalescer(max_images=4, max_in_flight=1)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
-        submit(0.0)
-        calls.wait_for(1)
-        queued = [submit(float(value), images=3) for value in range(1, 4)]
-        wait_queued(coalescer, 3)
+        _, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0, 3.0], images=3)
         for index in range(3):
             calls.answer(index)
             calls.wait_for(index + 2)
@@ -135,10 +141,7 @@ def test_a_failed_call_fails_every_request_in_it_and_the_next_call_still_goes():
     error = grpc.RpcError("unavailable")
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
-        submit(0.0)
-        calls.wait_for(1)
-        queued = [submit(1.0), submit(2.0)]
-        wait_queued(coalescer, 2)
+        _, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0])
         calls.answer(0)
         calls.wait_for(2)
         calls.started[1][2].set_exception(error)
@@ -156,11 +159,11 @@ def test_a_request_whose_deadline_passes_in_the_queue_answers_deadline_exceeded_
         submit = submitter(coalescer, calls, pool)
         submit(0.0)
         calls.wait_for(1)
-        late = pool.submit(coalescer.submit, "key", np.full((1, 3), 1.0, np.float32), 0.2, calls, read, "late")
+        late = submit(1.0, request_id="late", timeout=0.2)
         with pytest.raises(DeadlineExceeded) as raised:
             late.result(10)  # its 0.2 s pass while the first call is out
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        patient = pool.submit(coalescer.submit, "key", np.full((1, 3), 2.0, np.float32), 10, calls, read, "ok")
+        patient = submit(2.0, request_id="ok")
         wait_queued(coalescer, 1)
         calls.answer(0)
         calls.wait_for(2)
@@ -173,10 +176,7 @@ def test_answers_that_cannot_be_split_by_image_fail_with_coalescing_error():
     calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
-        alone = submit(0.0)
-        calls.wait_for(1)
-        queued = [submit(1.0), submit(2.0)]
-        wait_queued(coalescer, 2)
+        alone, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0])
         calls.answer(0, {"scalar": np.float32(1.0)})
         assert alone.result(10)[1]["scalar"] == 1.0  # a call of one request needs no splitting
         calls.wait_for(2)
