@@ -74,6 +74,9 @@ def private_stack(tmp_path_factory, models_dir):
             "READINESS_TIMEOUT_SECONDS": "1",
             "METADATA_TTL_SECONDS": "1",
             "GATEWAY_GRACEFUL_TIMEOUT": "20",
+            # The SIGTERM tests need IN_FLIGHT slow calls out at the model server at once; with
+            # one shared call per worker, a second request would wait in the gateway instead.
+            "COALESCE_MAX_IN_FLIGHT": str(IN_FLIGHT),
         },
     )
     gateway.start(wait_path="/readyz")

@@ -57,7 +57,7 @@ class _Lane:
 class Coalescer:
     """Runs `submit`s for the same key as shared calls; thread-safe, one per process."""
 
-    def __init__(self, max_images: int = 32, max_in_flight: int = 2):
+    def __init__(self, max_images: int = 32, max_in_flight: int = 1):
         if max_images < 1 or max_in_flight < 1:
             raise ValueError("max_images and max_in_flight must be at least 1")
         self.max_images = max_images

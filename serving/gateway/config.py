@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     # Concurrent predictions of one model version share Predict calls (group commit, no timer):
     "COALESCE_PREDICTIONS": True,
     "COALESCE_MAX_IMAGES": 32,  # images per shared call; keep <= the model server's max_batch_size
-    "COALESCE_MAX_IN_FLIGHT": 2,  # shared calls per model version and worker at once
+    "COALESCE_MAX_IN_FLIGHT": 1,  # shared calls per model version and worker at once
     "GATEWAY_TOKENS": "",  # comma-separated bearer tokens; with GATEWAY_TOKENS_FILE empty too, no auth
     "GATEWAY_TOKENS_FILE": "",  # file with one bearer token per line ('#' comments), re-read when it changes
     "MODEL_SERVER_TLS": False,  # TLS to the model server, verified against the system's CAs
