@@ -31,11 +31,11 @@ def publish_version(source: Path, base_path: Path, version: int) -> Path:
     return target
 
 
-def export_slow_model(export_dir: Path, delay_seconds: float) -> Path:
+def export_slow_model(export_dir: Path, delay_seconds: float, per_image: bool = True) -> Path:
     """A SavedModel that takes `delay_seconds` of wall time per Predict, whatever the load:
     it loops on the clock (tf.timestamp), so concurrent requests run side by side (a tf.data
     sleep would run them one after the other). images [N, 28, 28, 1] -> probabilities [N, 10],
-    always class 3."""
+    always class 3; with per_image=False, one row [10] for the whole batch (their mean)."""
     import tensorflow as tf
 
     class SlowModel(tf.Module):
@@ -46,7 +46,8 @@ def export_slow_model(export_dir: Path, delay_seconds: float) -> Path:
                 lambda now: now - start < delay_seconds, lambda now: [tf.timestamp()], [start]
             )
             classes = tf.fill([tf.shape(images)[0]], 3) + tf.cast(finished * 0, tf.int32)
-            return {"probabilities": tf.one_hot(classes, 10)}
+            probabilities = tf.one_hot(classes, 10)
+            return {"probabilities": probabilities if per_image else tf.reduce_mean(probabilities, axis=0)}
 
     model = SlowModel()
     tf.saved_model.save(model, str(export_dir), signatures={"serving_default": model.serve})

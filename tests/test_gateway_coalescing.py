@@ -164,7 +164,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_answers_deadline_exceeded_
             late.result(10)  # its 0.2 s pass while the first call is out
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         patient = submit(2.0, request_id="ok")
-        wait_queued(coalescer, 1)
+        wait_queued(coalescer, 2)  # the expired request stays queued until a call is next taken
         calls.answer(0)
         calls.wait_for(2)
         assert calls.started[1][1] == ["ok"]  # the expired request is dropped, not sent
@@ -196,26 +196,31 @@ def test_a_call_that_cannot_start_fails_its_requests_and_frees_the_key():
     assert not coalescer._lanes
 
 
+MODELS = ["mnist", "slow", "pooled"]
+
+
 @pytest.fixture(scope="module")
 def slow_stack(tmp_path_factory, models_dir):
-    """A model server with the mnist test model and a model taking 0.3 s per call, and two
-    one-worker gateways in front: coalescing on (one call in flight at a time) and off."""
+    """A model server with the mnist test model, a model taking 0.3 s per call and one that also
+    answers one row for the whole batch, and two one-worker gateways in front: coalescing on
+    (one call in flight at a time) and off."""
     base = tmp_path_factory.mktemp("coalescing-models")
     shutil.copytree(models_dir / "mnist" / "1", base / "mnist" / "1")
     export_slow_model(base / "slow" / "1", 0.3)
+    export_slow_model(base / "pooled" / "1", 0.3, per_image=False)
     config = base / "models.config"
     config.write_text(
         "model_config_list {\n"
         + "".join(f'  config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
-                  for n in ("mnist", "slow"))
+                  for n in MODELS)
         + "}\n"
     )
     logs = tmp_path_factory.mktemp("coalescing-logs")
     server = ModelServerProcess(config, logs, flags=("--tensorflow_inter_op_parallelism=8",))
-    server.start(["mnist", "slow"])
+    server.start(MODELS)
     gateways = {
         setting: GatewayProcess(server.target, base, logs / f"gateway-{setting}.log", env={
-            "MODELS": "mnist,slow", "COALESCE_PREDICTIONS": setting, "COALESCE_MAX_IN_FLIGHT": "1",
+            "MODELS": ",".join(MODELS), "COALESCE_PREDICTIONS": setting, "COALESCE_MAX_IN_FLIGHT": "1",
         })
         for setting in ("true", "false")
     }
@@ -277,3 +282,37 @@ def test_shared_calls_give_each_request_the_answer_it_gets_alone(slow_stack, tes
     after = calls_and_images(gateway, "mnist")
     np.testing.assert_allclose(np.array(together), np.array(alone * 4), rtol=1e-5, atol=1e-6)
     assert after[1] - before[1] == 96
+    assert after[0] - before[0] < 96  # 8 clients at once, one call out at a time: calls were shared
+
+
+def test_a_model_whose_answer_cannot_be_split_falls_back_to_one_call_per_request(slow_stack, test_images):
+    gateway = slow_stack["true"]
+    digit = encode(test_images["mnist"][0][0])
+
+    def four_at_once() -> tuple[list[int], float]:
+        before = calls_and_images(gateway, "pooled")
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(
+                lambda _: requests.post(f"{gateway.url}/v1/models/pooled:predict", data=digit,
+                                        headers={"Content-Type": "image/png"}, timeout=30), range(4)))
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        calls = calls_and_images(gateway, "pooled")[0] - before[0]
+        return [a.json()["predictions"][0]["class_index"] for a in answers], calls
+
+    classes, _ = four_at_once()  # three queue behind the first call; their shared answer is one row
+    assert classes == [3] * 4
+    log = gateway.log_file.read_text()
+    assert log.count("predictions are not coalesced") == 1, log[-2000:]
+    classes, calls = four_at_once()
+    assert classes == [3] * 4
+    assert calls == 4  # remembered: each request now goes alone
+
+
+def test_a_shared_calls_request_ids_are_cut_at_whole_ids_below_grpcs_metadata_limit():
+    from serving.gateway.backend import _joined_request_ids
+
+    ids = [f"{index:03d}" + "x" * 125 for index in range(32)]  # 32 clients' 128-character IDs
+    joined = _joined_request_ids(ids)
+    assert 0 < len(joined) <= 1024
+    assert joined.split(",") == ids[: len(joined.split(","))]
+    assert _joined_request_ids(["a", "b"]) == "a,b"

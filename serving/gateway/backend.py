@@ -51,6 +51,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 _UNKNOWN_LABEL = "Unrecognized servable version label"
+_MAX_REQUEST_IDS_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class ModelServerClient:
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self._not_coalesced: set[tuple] = set()  # keys whose answers cannot be split by image
+        self._not_coalesced_lock = threading.Lock()
 
     def close(self) -> None:
         self.channel.close()
@@ -144,6 +146,7 @@ class ModelServerClient:
         self, name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str],
         request_id: str = "",
     ) -> tuple[int, dict[str, np.ndarray]]:
+        deadline = time.monotonic() + self.timeout
         if self.coalescer is not None and len(inputs) == 1:
             (input_key, images), = inputs.items()
             key = (name, version, input_key, tuple(output_keys), images.shape[1:], images.dtype.str)
@@ -151,7 +154,7 @@ class ModelServerClient:
                 def start_call(batch: np.ndarray, request_ids: list[str], timeout: float) -> grpc.Future:
                     request = _predict_request(name, version, {input_key: batch}, output_keys)
                     MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(batch))
-                    metadata = (("x-request-id", ",".join(request_ids)),) if request_ids else None
+                    metadata = (("x-request-id", _joined_request_ids(request_ids)),) if request_ids else None
                     return self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
 
                 try:
@@ -159,13 +162,19 @@ class ModelServerClient:
                 except grpc.RpcError as error:
                     raise _failed("Predict", error) from None
                 except CoalescingError as error:
-                    logger.warning("model '%s' version %d: predictions are not coalesced: %s", name, version, error)
-                    self._not_coalesced.add(key)
+                    with self._not_coalesced_lock:  # each request of the failed call comes here
+                        first = key not in self._not_coalesced
+                        self._not_coalesced.add(key)
+                    if first:
+                        logger.warning("model '%s' version %d: predictions are not coalesced: %s",
+                                       name, version, error)
                 except grpc.FutureCancelledError:  # the channel closed under the call: shutting down
                     raise ModelServerUnavailableError("model server unavailable: the call was cancelled") from None
         request = _predict_request(name, version, inputs, output_keys)
         MODEL_SERVER_BATCH_IMAGES.labels(name).observe(max((len(a) for a in inputs.values()), default=0))
-        response = self._call("Predict", request, request_id=request_id)
+        # After a shared call that could not be split, only what is left of the request's deadline.
+        remaining = max(deadline - time.monotonic(), 0.001)
+        response = self._call("Predict", request, timeout=remaining, request_id=request_id)
         return _outputs(response)
 
     def signature(
@@ -198,6 +207,15 @@ class ModelServerClient:
             VersionStatus(s.version, state_name(s.state), s.status.error_message)
             for s in response.model_version_status
         ]
+
+
+def _joined_request_ids(request_ids: list[str]) -> str:
+    """A shared call's x-request-id: its requests' IDs, cut at 1 KiB (each may be 128 characters;
+    gRPC refuses a call whose metadata passes 8 KiB, and other clients choose these IDs)."""
+    joined = ",".join(request_ids)
+    if len(joined) <= _MAX_REQUEST_IDS_LENGTH:
+        return joined
+    return joined[:_MAX_REQUEST_IDS_LENGTH].rpartition(",")[0]
 
 
 def _predict_request(

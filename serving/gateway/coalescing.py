@@ -128,6 +128,9 @@ class Coalescer:
             else:
                 for waiter in batch:
                     waiter.finish(error=error)
+        except CoalescingError as unsplittable:  # expected of some models: the caller goes per request
+            for waiter in batch:
+                waiter.finish(error=unsplittable)
         except BaseException as unexpected:  # noqa: BLE001
             logger.exception("splitting a shared Predict answer failed")
             for waiter in batch:
