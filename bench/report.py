@@ -15,6 +15,8 @@ SERVER_BATCHING = "model server gRPC, batching"
 FLOOR = "Python gRPC floor (no model)"
 GATEWAY = "gateway HTTP (PNG)"
 TUTORIAL = "tutorial Flask app (PNG)"
+# Above this share of the cores taken by other processes during a run, the run is marked.
+SHARED_MACHINE_SHARE = 0.05
 
 
 @dataclass
@@ -58,6 +60,9 @@ def table_lines(report: Report) -> list[str]:
     for result in report.results:
         load = f"c={result.concurrency}" if result.rate is None else f"{result.rate:.0f}/s"
         errors = ", ".join(f"{kind} {count}" for kind, count in result.errors.items()) or ""
+        if result.other_cpu_share > SHARED_MACHINE_SHARE:
+            shared = f"* others used {result.other_cpu_share:.0%} of the cores"
+            errors = f"{errors}, {shared}" if errors else shared
         lines.append(
             f"{result.model:<8} {result.target:<30} {load:>9} {_number(result.throughput):>8} "
             f"{_number(result.p50_ms, 1):>8} {_number(result.p95_ms, 1):>8} {_number(result.p99_ms, 1):>8} "
@@ -128,6 +133,19 @@ def other_lines(report: Report) -> list[str]:
     return lines
 
 
+def shared_machine_note(report: Report) -> str | None:
+    """A note when other processes took a noticeable share of the cores during some runs."""
+    disturbed = [r for r in report.results if r.other_cpu_share > SHARED_MACHINE_SHARE]
+    if not disturbed:
+        return None
+    worst = max(r.other_cpu_share for r in disturbed)
+    return (
+        f"{len(disturbed)} of {len(report.results)} runs (marked *) shared the machine: other processes "
+        f"used up to {worst:.0%} of the cores meanwhile; their throughput and tail latency are "
+        "lower than the machine gives, their CPU ms per request still holds"
+    )
+
+
 def render(report: Report) -> str:
     sections = [
         "\n".join(report.header),
@@ -135,8 +153,9 @@ def render(report: Report) -> str:
         "Ratios and goals\n" + "\n".join(ratio_lines(report)),
         "Warmup and gateway footprint\n" + "\n".join(other_lines(report)),
     ]
-    if report.notes:
-        sections.append("Notes\n" + "\n".join(f"- {note}" for note in report.notes))
+    notes = [*report.notes, *filter(None, [shared_machine_note(report)])]
+    if notes:
+        sections.append("Notes\n" + "\n".join(f"- {note}" for note in notes))
     return "\n\n".join(sections) + "\n"
 
 

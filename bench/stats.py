@@ -25,6 +25,9 @@ class LoadResult:
     server_cpu_ms: float = float("nan")  # CPU of the serving processes per request (bench.cpu)
     load_cpu_ms: float = float("nan")  # CPU of the load generator per request, on the same cores
     sent: int = 0  # every request sent, warm-up included: what the serving CPU time was spent on
+    # Share of the machine's cores that other processes (or the hypervisor, as steal) used during
+    # the run: what the measured processes and the load generator could not use (bench.cpu).
+    other_cpu_share: float = float("nan")
 
     @property
     def throughput(self) -> float:

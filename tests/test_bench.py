@@ -4,6 +4,7 @@ for a second each: answers are counted, errors are not, and the table shows what
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -118,3 +119,32 @@ def test_grpc_floor_answers_predict_and_its_share_is_reported(workload):
     assert f"mnist    {report.FLOOR} at c=32" not in text  # only c=4 ran: no ratio without the c=32 run
     result.concurrency = 32
     assert f"{report.FLOOR} at c=32 / in-process batch 32: " in report.render(runs)
+
+
+def test_runs_that_shared_the_machine_are_measured_and_marked():
+    import subprocess
+    import sys
+    import time
+
+    from bench.cpu import with_cpu
+
+    def idle_run() -> LoadResult:
+        time.sleep(0.8)
+        return LoadResult(report.GATEWAY, "mnist", 8, None, 100, 0.8, p50_ms=5, p95_ms=8, p99_ms=9, sent=100)
+
+    # A process outside the measured ones (not waited for during the run) burns a core meanwhile.
+    burn = "import time\nend = time.time() + 2\nwhile time.time() < end: pass"
+    hog = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(0.2)  # the interpreter is up and spinning
+        shared = with_cpu([], idle_run)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert shared.other_cpu_share > 0.5 / (os.cpu_count() or 1)  # about one core of the machine's
+    runs = report.Report(header=["test"], results=[shared])
+    text = report.render(runs)
+    assert "* others used" in text
+    assert "1 of 1 runs (marked *) shared the machine" in text
+    shared.other_cpu_share = 0.01
+    assert "shared the machine" not in report.render(runs)
