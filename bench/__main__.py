@@ -87,12 +87,13 @@ def main() -> int:
     logs = args.results_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     wrk = http_load.find_wrk()
+    # The last minute's average, the run before this one included; whether other processes
+    # shared the cores during a run is measured per run (bench.cpu) and noted in the report.
     load = os.getloadavg()[0]
-    shared = " (the machine was shared: expect noise)" if load > (os.cpu_count() or 1) else ""
     result = report.Report(
         header=[
             f"pixelgate benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, load average "
-            f"{load:.1f} at start{shared}",
+            f"{load:.1f} at start",
             f"models from {models_dir}; {args.seconds:.0f} s per run, best of {args.rounds}; HTTP load: "
             f"{'wrk (1 thread)' if wrk else 'python asyncio client (wrk not found)'}; gRPC load: grpc.aio",
             "req/s = images/s (one image per request); latencies from the client, including queueing; "
