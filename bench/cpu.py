@@ -45,27 +45,37 @@ def load_cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def machine_cpu_seconds() -> float:
-    """CPU time all processes of the machine spent (user, nice, system) plus steal, from /proc/stat.
+def bench_cores() -> set[int]:
+    """The cores this process may run on (and the servers it starts, which inherit them)."""
+    return os.sched_getaffinity(0)
+
+
+def machine_cpu_seconds(cores: set[int]) -> float:
+    """CPU time every process spent on `cores` (user, nice, system) plus steal, from /proc/stat.
 
     Interrupt time is left out: loopback traffic's softirqs belong to the load itself but to no
-    process."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()  # "cpu user nice system idle ..."
-    user, nice, system, steal = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[8])
-    return (user + nice + system + steal) / _TICKS
+    process. On a kernel without IRQ time accounting, softirq time taken while a measured
+    process runs lands in that process's system time instead, so others may read a little low."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()  # "cpuN user nice system idle iowait irq softirq steal ..."
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            total += int(fields[0]) + int(fields[1]) + int(fields[2]) + int(fields[7])
+    return total / _TICKS
 
 
 def with_cpu(pids: list[int], run: Callable[[], LoadResult]) -> LoadResult:
     """Run a load; record the CPU milliseconds `pids`, and the load generator, spent per request,
     and the share of the cores everything else on the machine took meanwhile."""
-    before, load_before, machine_before = cpu_seconds(pids), load_cpu_seconds(), machine_cpu_seconds()
+    cores = bench_cores()
+    before, load_before, machine_before = cpu_seconds(pids), load_cpu_seconds(), machine_cpu_seconds(cores)
     started = time.monotonic()
     result = run()
     wall = time.monotonic() - started
     served, loaded = cpu_seconds(pids) - before, load_cpu_seconds() - load_before
-    others = machine_cpu_seconds() - machine_before - served - loaded
+    others = machine_cpu_seconds(cores) - machine_before - served - loaded
     sent = max(result.sent or result.requests + sum(result.errors.values()), 1)
     result.server_cpu_ms = served * 1000 / sent
     result.load_cpu_ms = loaded * 1000 / sent
-    result.other_cpu_share = max(others, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+    result.other_cpu_share = max(others, 0.0) / (wall * len(cores)) if wall > 0 else 0.0
     return result
