@@ -7,15 +7,12 @@ call as a single-image request makes it, with each data set's exported spec; pri
 from __future__ import annotations
 
 import argparse
-import io
 import timeit
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from bench.workload import encode_png
 from serving.gateway.preprocess import (
     PreprocessingSpec,
     decode_image,
@@ -32,12 +29,6 @@ SPECS = {
     "fashion_mnist": PreprocessingSpec(height=28, width=28, channels=1, mode="centered_object"),
     "cifar10": PreprocessingSpec(height=32, width=32, channels=3, mode="full_frame"),
 }
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze()).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def preprocess_one(data: bytes, spec: PreprocessingSpec) -> object:
