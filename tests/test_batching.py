@@ -4,6 +4,7 @@ with --enable_batching merging concurrent Predict calls into one session run wit
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from serving.model_server.batching import (
     BatchingOptions,
     BatchingSession,
     BatchScheduler,
+    LoopEvent,
     read_batching_options,
     run_timeout,
 )
@@ -201,6 +203,61 @@ def test_concurrent_runs_merge_and_each_gets_its_own_rows():
     for given, answer in zip(inputs, answers, strict=True):
         np.testing.assert_array_equal(answer, given * 10 + 1)
     scheduler.stop()
+
+
+def test_coroutines_await_their_batches_on_one_thread_and_each_gets_its_own_rows():
+    """run_async: 300 calls from one event loop, no thread each, merge into batches without mixing."""
+    calls = []
+
+    def run(feeds, fetches):
+        calls.append(threading.current_thread().name)
+        return [feeds[0][1] * 10 + 1]
+
+    # Room for all of them at once: 600 rows in batches of 16.
+    scheduler, session = session_with(run, max_batch_size=16, max_enqueued_batches=64)
+    inputs = [np.full((1 + index % 3, 2), float(index)) for index in range(300)]
+
+    async def ask_all():
+        return await asyncio.gather(*(session.run_async([("x", x)], ["y"]) for x in inputs))
+
+    threads_before = threading.active_count()
+    answers = asyncio.run(ask_all())
+    scheduler.stop()
+    for given, (answer,) in zip(inputs, answers, strict=True):
+        np.testing.assert_array_equal(answer, given * 10 + 1)
+    assert len(calls) < len(inputs)  # they shared session runs
+    # Run on the one batch thread; no thread was started for the waiters.
+    assert set(calls) == {f"{scheduler.options.thread_pool_name}_0"}
+    assert threading.active_count() <= threads_before
+
+
+def test_a_cancelled_coroutine_leaves_its_batch_to_the_others():
+    run = GatedRun()
+    scheduler, session = session_with(run, max_batch_size=4, batch_timeout_micros=10_000_000)
+
+    async def scenario():
+        first = asyncio.ensure_future(session.run_async([("x", np.ones((1, 1)))], ["y"]))
+        second = asyncio.ensure_future(session.run_async([("x", np.full((1, 1), 3.0))], ["y"]))
+        await asyncio.sleep(0.05)  # both queued in one open batch
+        first.cancel()
+        # Close the batch: a task of 2 rows fills it to 4.
+        third = asyncio.ensure_future(session.run_async([("x", np.full((2, 1), 5.0))], ["y"]))
+        run.gate.set()
+        return first, await second, await third
+
+    first, second, third = asyncio.run(scenario())
+    scheduler.stop()
+    assert first.cancelled()
+    np.testing.assert_array_equal(second[0], [[6.0]])
+    np.testing.assert_array_equal(third[0], [[10.0], [10.0]])
+    assert run.batch_sizes == [4]  # the cancelled caller's row still ran, with the others
+
+
+def test_an_answer_after_the_loop_closed_is_dropped_quietly():
+    loop = asyncio.new_event_loop()
+    done = LoopEvent(loop)
+    loop.close()
+    done.set()  # a batch thread finishing after the server stopped: no error
 
 
 # A real model server with --enable_batching -------------------------------------------

@@ -9,12 +9,15 @@ and TF's batching_util/shared_batch_scheduler.h; `read_batching_options` reads t
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 
 import grpc
 import numpy as np
@@ -35,7 +38,7 @@ from serving.model_server.errors import (
 from serving.model_server.metrics import ExactNameCounter
 
 # The request deadline lives with the REST and gRPC edges' other run options.
-from serving.model_server.run_options import current_deadline, run_timeout
+from serving.model_server.run_options import current_deadline, in_thread, run_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +222,7 @@ class _Task:
         size: int,
         deadline: float | None,
         parent: _Task | None = None,
+        done: threading.Event | LoopEvent | None = None,
     ) -> None:
         self.feeds = feeds
         self.fetches = fetches
@@ -227,7 +231,7 @@ class _Task:
         self.enqueued = time.monotonic()
         self.outputs: list[np.ndarray] | None = None
         self.error: ModelServerError | None = None
-        self.done = threading.Event()
+        self.done = threading.Event() if done is None else done
         self.parent = parent
         self.parts: list[_Task] = []
         self._parts_pending = 0
@@ -264,6 +268,28 @@ class _Task:
                 for index in range(len(parent.fetches))
             ]
         parent.done.set()
+
+
+class LoopEvent:
+    """`threading.Event.set()` for a caller awaiting on an event loop: one loop wake-up, no thread.
+
+    `set` comes from a batch thread; the waiting coroutine may have gone (its call was
+    cancelled) and the loop may have closed (server stopped): neither is an error here.
+    """
+
+    __slots__ = ("_loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 @dataclasses.dataclass
@@ -466,14 +492,41 @@ class BatchingSession:
         self._lock = threading.Lock()
 
     def run(self, feeds: Feeds, fetches: Sequence[str]) -> list[np.ndarray]:
+        size = self._input_size(feeds)
+        if size == 0:  # nothing to batch: padding would need a row to copy
+            return self._run_unbatched(feeds, fetches)
+        task = self._schedule(feeds, fetches, size, threading.Event())
+        task.done.wait()  # type: ignore[union-attr]
+        return self._result(task)
+
+    async def run_async(
+        self, feeds: Feeds, fetches: Sequence[str], executor: Executor | None = None
+    ) -> list[np.ndarray]:
+        """`run` for a caller on an event loop: it awaits its batch instead of blocking a thread."""
+        size = self._input_size(feeds)
+        if size == 0:
+            return await in_thread(executor, self._run_unbatched, feeds, fetches)
+        done = LoopEvent(asyncio.get_running_loop())
+        task = self._schedule(feeds, fetches, size, done)
+        await done.future
+        return self._result(task)
+
+    @staticmethod
+    def _input_size(feeds: Feeds) -> int:
         size = _batch_size(feeds)
         for _ in feeds:
             INPUT_BATCH_SIZE.observe(size)
-        if size == 0:  # nothing to batch: padding would need a row to copy
-            return self._run_unbatched(feeds, fetches)
-        task = _Task(dict(feeds), tuple(fetches), size, current_deadline())
+        return size
+
+    def _schedule(
+        self, feeds: Feeds, fetches: Sequence[str], size: int, done: threading.Event | LoopEvent
+    ) -> _Task:
+        task = _Task(dict(feeds), tuple(fetches), size, current_deadline(), done=done)
         self._scheduler.schedule(self._queue(task), task)
-        task.done.wait()
+        return task
+
+    @staticmethod
+    def _result(task: _Task) -> list[np.ndarray]:
         if task.error is not None:
             raise task.error
         return task.outputs  # type: ignore[return-value]

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,7 @@ from tensorflow.python.client import pywrap_tf_session
 
 from serving.model_server import metrics
 from serving.model_server.errors import InvalidArgument, ModelServerError, NotFound, from_code
-from serving.model_server.run_options import remaining_timeout_in_ms
+from serving.model_server.run_options import in_thread, remaining_timeout_in_ms
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
 if TYPE_CHECKING:
@@ -71,6 +72,17 @@ class SavedModelBundle:
         if self.batching is not None:
             return self.batching.run(feeds, fetches)
         return self.run_unbatched(feeds, fetches)
+
+    async def run_async(
+        self,
+        feeds: Sequence[tuple[str, np.ndarray]],
+        fetches: Sequence[str],
+        executor: Executor | None = None,
+    ) -> list[np.ndarray]:
+        """`run` from a coroutine: a batched run awaits its batch; an unbatched one runs on `executor`."""
+        if self.batching is not None:
+            return await self.batching.run_async(feeds, fetches, executor)
+        return await in_thread(executor, self.run_unbatched, feeds, fetches)
 
     def run_unbatched(self, feeds: Sequence[tuple[str, np.ndarray]], fetches: Sequence[str]) -> list[np.ndarray]:
         """Session::Run: feed tensors by name, return the fetched tensors; TF errors keep their code."""

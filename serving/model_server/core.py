@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import TypeVar
 
 import numpy as np
@@ -16,7 +17,7 @@ from serving.model_server import inference
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.errors import InvalidArgument, NotFound
 from serving.model_server.manager import ModelManager, VersionStatus
-from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict
+from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict, run_predict_async
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -88,6 +89,31 @@ class ModelServerCore:
                 output_filter,
                 decode,
                 self.manager.options.enable_signature_method_name_check,
+            )
+            return PredictResult(model_name, bundle.version, used_signature, outputs)
+
+    async def predict_async(
+        self,
+        model_name: str,
+        inputs: Mapping[str, RequestValue],
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        signature_name: str = "",
+        output_filter: Sequence[str] = (),
+        decode: Callable[[RequestValue], np.ndarray] = np.asarray,
+        executor: Executor | None = None,
+    ) -> PredictResult:
+        """`predict` from a coroutine (the gRPC edge): a batched run waits without holding a thread."""
+        with self.manager.servable(model_name, version, version_label) as bundle:
+            used_signature, outputs = await run_predict_async(
+                bundle,
+                signature_name,
+                inputs,
+                output_filter,
+                decode,
+                self.manager.options.enable_signature_method_name_check,
+                executor,
             )
             return PredictResult(model_name, bundle.version, used_signature, outputs)
 

@@ -7,10 +7,12 @@ Each method unpacks the request, calls `ModelServerCore`, packs the answer; a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -57,28 +59,71 @@ def _handle_errors(method: Callable[[Any, Any, grpc.ServicerContext], Response])
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
-        started = time.perf_counter()
-        model_name = request.model_spec.name if hasattr(request, "model_spec") else "-"
-        code = grpc.StatusCode.OK
+        call = _Call(method.__name__, request)
         try:
             # TF Serving bounds the session run by the call's deadline (RunOptions.timeout_in_ms).
             with run_timeout(_seconds_to_deadline(context)):
                 return method(self, request, context)
-        except errors.ModelServerError as error:
-            code = error.code
-            context.abort(error.code, _status_message(error.message))
-        except Exception as error:  # an unexpected fault answers INTERNAL, never kills the server
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("%s failed", method.__name__)
-            context.abort(code, _status_message(f"{type(error).__name__}: {error}"))
+        except Exception as error:
+            context.abort(*call.failed(error))
         finally:
-            elapsed = time.perf_counter() - started
-            if method.__name__ in metrics.INSTRUMENTED_APIS:
-                metrics.record_request(model_name, method.__name__, "GRPC", code, elapsed)
-            logger.debug("%s model=%s status=%s %.1fms", method.__name__, model_name, code.name, elapsed * 1000)
+            call.record()
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
+
+
+def _handle_errors_async(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
+    """`_handle_errors` for a coroutine method of the asyncio server."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        call = _Call(method.__name__, request)
+        try:
+            with run_timeout(_seconds_to_deadline(context)):
+                return await method(self, request, context)
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            await context.abort(*call.failed(error))
+        finally:
+            call.record()
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class _Call:
+    """One call's status, metrics and log line, shared by the thread and coroutine edges."""
+
+    __slots__ = ("method", "model_name", "started", "code")
+
+    def __init__(self, method: str, request: Any) -> None:
+        self.method = method
+        self.model_name = request.model_spec.name if hasattr(request, "model_spec") else "-"
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+
+    def failed(self, error: Exception) -> tuple[grpc.StatusCode, str]:
+        """The status a failure answers: a core error's own; anything else is INTERNAL."""
+        if isinstance(error, errors.ModelServerError):
+            self.code = error.code
+            return error.code, _status_message(error.message)
+        # An unexpected fault answers INTERNAL, never kills the server.
+        self.code = grpc.StatusCode.INTERNAL
+        logger.exception("%s failed", self.method)
+        return self.code, _status_message(f"{type(error).__name__}: {error}")
+
+    def record(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        if self.method in metrics.INSTRUMENTED_APIS:
+            metrics.record_request(self.model_name, self.method, "GRPC", self.code, elapsed)
+        logger.debug(
+            "%s model=%s status=%s %.1fms", self.method, self.model_name, self.code.name, elapsed * 1000
+        )
 
 
 def _version_choice(model_spec: model_pb2.ModelSpec) -> dict[str, Any]:
@@ -96,25 +141,44 @@ def _require_model_spec(request: Any) -> None:
 
 
 class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata."""
+    """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata.
 
-    def __init__(self, core: ModelServerCore, tensor_content: bool = False) -> None:
+    Predict is a coroutine on the server's event loop: with batching on, a call waits for its
+    batch without holding a thread, and the loop answers a whole batch in one wake-up. At most
+    `max_concurrent_predicts` (--grpc_max_threads) run at once, as many as TF Serving's threads;
+    the rest wait their turn. The other methods are plain functions on the server's threads.
+    """
+
+    def __init__(
+        self,
+        core: ModelServerCore,
+        tensor_content: bool = False,
+        executor: Executor | None = None,
+        max_concurrent_predicts: int = 64,
+    ) -> None:
         self._core = core
         self._tensor_content = tensor_content
+        self._executor = executor
+        self._max_concurrent_predicts = max(max_concurrent_predicts, 1)
+        self._predict_slots: asyncio.Semaphore | None = None  # made on the loop, at the first call
 
-    @_handle_errors
-    def Predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    @_handle_errors_async
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         _require_model_spec(request)
-        result = self._core.predict(
-            request.model_spec.name,
-            request.inputs,
-            signature_name=request.model_spec.signature_name,
-            output_filter=list(request.output_filter),
-            decode=decode_tensor,
-            **_version_choice(request.model_spec),
-        )
+        if self._predict_slots is None:
+            self._predict_slots = asyncio.Semaphore(self._max_concurrent_predicts)
+        async with self._predict_slots:
+            result = await self._core.predict_async(
+                request.model_spec.name,
+                request.inputs,
+                signature_name=request.model_spec.signature_name,
+                output_filter=list(request.output_filter),
+                decode=decode_tensor,
+                executor=self._executor,
+                **_version_choice(request.model_spec),
+            )
         response = predict_pb2.PredictResponse()
         response.model_spec.name = result.model_name
         response.model_spec.version.value = result.version

@@ -8,7 +8,8 @@ tensorflow/cc/saved_model/util.cc (GetInputValues). Inputs arrive undecoded with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from concurrent.futures import Executor
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +37,44 @@ def run_predict(
     check_method_name: bool = False,
 ) -> tuple[str, dict[str, np.ndarray]]:
     """Run a signature; return the signature name used and its outputs by alias."""
+    run = _prepare(bundle, signature_name, inputs, output_filter, decode, check_method_name)
+    with metrics.runtime(bundle.model_name, "Predict"):
+        values = bundle.run(run.feeds, run.fetches)
+    return run.signature_name, dict(zip(run.aliases, values, strict=True))
+
+
+async def run_predict_async(
+    bundle: SavedModelBundle,
+    signature_name: str,
+    inputs: Mapping[str, RequestValue],
+    output_filter: Sequence[str],
+    decode: Callable[[RequestValue], np.ndarray] = np.asarray,
+    check_method_name: bool = False,
+    executor: Executor | None = None,
+) -> tuple[str, dict[str, np.ndarray]]:
+    """`run_predict` from a coroutine: the same checks, then it awaits the session run."""
+    run = _prepare(bundle, signature_name, inputs, output_filter, decode, check_method_name)
+    with metrics.runtime(bundle.model_name, "Predict"):
+        values = await bundle.run_async(run.feeds, run.fetches, executor)
+    return run.signature_name, dict(zip(run.aliases, values, strict=True))
+
+
+class _PreparedRun(NamedTuple):
+    signature_name: str
+    aliases: list[str]
+    feeds: list[tuple[str, np.ndarray]]
+    fetches: list[str]
+
+
+def _prepare(
+    bundle: SavedModelBundle,
+    signature_name: str,
+    inputs: Mapping[str, RequestValue],
+    output_filter: Sequence[str],
+    decode: Callable[[RequestValue], np.ndarray],
+    check_method_name: bool,
+) -> _PreparedRun:
+    """RunPredict's checks and tensor parsing, in TF Serving's order; what the session run needs."""
     signature_name = signature_name or DEFAULT_SIGNATURE
     signature = bundle.signature_defs.get(signature_name)
     if signature is None:
@@ -49,9 +88,7 @@ def run_predict(
     feeds = _input_values(signature, inputs, decode)
     aliases, fetches = _output_targets(signature, output_filter)
     _check_feeds(feeds, bundle)
-    with metrics.runtime(bundle.model_name, "Predict"):
-        values = bundle.run([(info.name, array) for info, array in feeds], fetches)
-    return signature_name, dict(zip(aliases, values, strict=True))
+    return _PreparedRun(signature_name, aliases, [(info.name, array) for info, array in feeds], fetches)
 
 
 def _verify_inputs_size(signature: meta_graph_pb2.SignatureDef, inputs: Mapping[str, object]) -> None:

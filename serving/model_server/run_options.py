@@ -9,11 +9,16 @@ serving a request has its own and the core's signatures need not carry it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from typing import TypeVar
+
+Result = TypeVar("Result")
 
 # The absolute time.monotonic() by which the current request's session run must end.
 _RUN_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("run_deadline", default=None)
@@ -43,3 +48,9 @@ def remaining_timeout_in_ms() -> int | None:
     if deadline is None:
         return None
     return max(math.ceil((deadline - time.monotonic()) * 1000), 1)
+
+
+async def in_thread(executor: Executor | None, function: Callable[..., Result], *args: object) -> Result:
+    """Run blocking `function(*args)` on `executor` from a coroutine, with the caller's deadline."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor, context.run, function, *args)

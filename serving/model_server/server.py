@@ -13,13 +13,13 @@ import signal
 import threading
 from concurrent import futures
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from serving.model_server import metrics, tls
 from serving.model_server.config import ModelServerConfig, read_model_server_config
 from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import InvalidArgument, ModelServerError
+from serving.model_server.grpc_loop import LoopGrpcServer
 from serving.model_server.grpc_service import ModelServiceServicer, PredictionServiceServicer
 from serving.model_server.http_server import RestApiServer
 from serving.model_server.manager import ModelManager
@@ -46,7 +46,7 @@ class ModelServer:
 
     def __init__(
         self,
-        grpc_server: grpc.Server,
+        grpc_server: LoopGrpcServer,
         core: ModelServerCore,
         options: ServerOptions,
         config: ModelServerConfig | None = None,
@@ -56,7 +56,7 @@ class ModelServer:
         self.options = options
         self._initial_config = config  # what the config-file poll compares its first read with
         self.addresses: list[str] = []
-        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, grpc_server)
         self._stopping = threading.Event()
         self._config_poll_thread: threading.Thread | None = None
@@ -97,13 +97,15 @@ class ModelServer:
         if self.rest_api is not None:
             self.rest_api.start()
         for name in HEALTH_SERVICE_NAMES:
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.grpc_server.run(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self._start_config_polling()
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish for `grace` seconds, unload the models."""
         self._stopping.set()
-        self._health.enter_graceful_shutdown()
+        if self.grpc_server.closed:  # stopped before
+            return
+        self.grpc_server.run(self._health.enter_graceful_shutdown())
         stopped = self.grpc_server.stop(grace)
         if self.rest_api is not None:
             self.rest_api.stop(grace)
@@ -111,6 +113,7 @@ class ModelServer:
         if self._config_poll_thread is not None:
             self._config_poll_thread.join()
         self.manager.stop()
+        self.grpc_server.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
@@ -163,12 +166,12 @@ def create_server(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *parse_channel_arguments(options.grpc_channel_arguments),
     ]
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1), thread_name_prefix="grpc"),
-        options=channel_options,
-    )
+    threads = max(options.grpc_max_threads, 1)
+    executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
+    grpc_server = LoopGrpcServer(executor, channel_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServiceServicer(core, options.enable_serialization_as_tensor_content), grpc_server
+        PredictionServiceServicer(core, options.enable_serialization_as_tensor_content, executor, threads),
+        grpc_server,
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(core), grpc_server)
     server = ModelServer(grpc_server, core, options, config)
@@ -176,6 +179,7 @@ def create_server(
         port = server.add_port(address)
     except ModelServerError:
         manager.stop()
+        grpc_server.close()
         raise
     return server, port
 

@@ -1,0 +1,97 @@
+"""grpcio's asyncio server on an event loop of its own, driven like `grpc.Server` from any thread.
+
+Why asyncio: with server-side batching, a Predict call spends most of its life waiting for
+its batch. grpcio's thread-pool server parks one thread per call there, and every answer
+then takes a chain of thread wake-ups (batch thread -> call's thread -> gRPC's thread), each
+waiting for the GIL. On 2 cores that wake-up chain, not CPU, capped single-image Predict:
+the server used 1.45 of the 2 cores at concurrency 32. On the loop a batch wakes it once and
+every call of the batch answers in that turn (docs/benchmarks.md has the figures).
+
+Methods that are plain functions (everything but Predict) run on `executor`, grpcio's
+"migration thread pool", as they did on the thread-pool server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+
+Result = TypeVar("Result")
+
+
+class LoopGrpcServer:
+    """A `grpc.aio.Server` running on its own thread's event loop, with grpc.Server's blocking calls."""
+
+    def __init__(self, executor: futures.ThreadPoolExecutor, options: Sequence[tuple[str, Any]]) -> None:
+        self.executor = executor
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self._stop_future: futures.Future[None] | None = None
+
+        async def create() -> grpc.aio.Server:
+            return grpc.aio.server(migration_thread_pool=executor, options=list(options))
+
+        self.server = self.run(create())
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coroutine: Awaitable[Result], timeout: float | None = None) -> Result:
+        """Run `coroutine` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def call(self, function: Callable[..., Result], *args: Any) -> Result:
+        """Call `function(*args)` on the loop's thread: grpc.aio's objects belong to it."""
+
+        async def call() -> Result:
+            return function(*args)
+
+        return self.run(call())
+
+    # grpc.Server's interface, as ModelServer uses it ------------------------------------
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.call(self.server.add_generic_rpc_handlers, handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict) -> None:
+        self.call(self.server.add_registered_method_handlers, service_name, handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self.call(self.server.add_insecure_port, address)
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        return self.call(self.server.add_secure_port, address, credentials)
+
+    def start(self) -> None:
+        self.run(self.server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Refuse new calls and give those in flight `grace` seconds; the event is set once all ended."""
+        stopped = threading.Event()
+        if self._stop_future is None:
+            self._stop_future = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        self._stop_future.add_done_callback(lambda _: stopped.set())
+        return stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stopped; True when `timeout` passed first, as grpc.Server's."""
+        return self.run(self.server.wait_for_termination(timeout))
+
+    @property
+    def closed(self) -> bool:
+        return self.loop.is_closed()
+
+    def close(self) -> None:
+        """End the loop and its thread, after `stop`."""
+        if self.closed:
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
