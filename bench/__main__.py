@@ -32,6 +32,9 @@ logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 BATCHING_PARAMETERS = ROOT / "serving" / "config" / "batching_parameters.txt"
+SMALL_MODEL_PARAMETERS = ROOT / "serving" / "config" / "batching_parameters_small_models.txt"
+# With SMALL_MODEL_PARAMETERS: one TensorFlow thread per batch, one batch at a time.
+SMALL_MODEL_FLAGS = ["--tensorflow_inter_op_parallelism=1"]
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -54,6 +57,13 @@ def parse_arguments() -> argparse.Namespace:
         "(on a shared machine, the least disturbed)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--grpc-load",
+        choices=["h2load", "grpc.aio"],
+        default="h2load",
+        help="load generator for the model server's fixed-concurrency runs (h2load: C, from Debian's "
+        "nghttp2-client, installed when missing; grpc.aio: Python, costs the shared cores ~0.15 ms/request)",
+    )
     parser.add_argument("--http-concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument(
         "--server-flags",
@@ -72,8 +82,9 @@ def parse_arguments() -> argparse.Namespace:
         "--skip",
         nargs="*",
         default=[],
-        choices=["inprocess", "server", "batching", "floor", "gateway", "tutorial"],
-        help="phases to leave out (server: the model server without batching)",
+        choices=["inprocess", "server", "batching", "small", "floor", "gateway", "tutorial"],
+        help="phases to leave out (server: the model server without batching; small: with the "
+        "small-model batching configuration)",
     )
     return parser.parse_args()
 
@@ -87,6 +98,7 @@ def main() -> int:
     logs = args.results_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     wrk = http_load.find_wrk()
+    args.h2load = grpc_load.find_h2load() if args.grpc_load == "h2load" else None
     # The last minute's average, the run before this one included; whether other processes
     # shared the cores during a run is measured per run (bench.cpu) and noted in the report.
     load = os.getloadavg()[0]
@@ -95,7 +107,8 @@ def main() -> int:
             f"pixelgate benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, load average "
             f"{load:.1f} at start",
             f"models from {models_dir}; {args.seconds:.0f} s per run, best of {args.rounds}; HTTP load: "
-            f"{'wrk (1 thread)' if wrk else 'python asyncio client (wrk not found)'}; gRPC load: grpc.aio",
+            f"{'wrk (1 thread)' if wrk else 'python asyncio client (wrk not found)'}; gRPC load: "
+            f"{grpc_load_name(args)} (fixed rates: grpc.aio)",
             "req/s = images/s (one image per request); latencies from the client, including queueing; "
             "CPU ms = CPU time per request of the serving processes (model server, + gateway workers in "
             "gateway rows); load ms = CPU time per request of the load generator, on the same cores",
@@ -136,6 +149,16 @@ def main() -> int:
                 result.results.append(with_cpu([server.pid], run))
         if "gateway" not in args.skip:
             run_gateway(args, result, workloads, server, models_dir, wrk, logs)
+    if "small" not in args.skip:
+        with model_server(
+            config_file,
+            logs / "server-small.log",
+            *stack.batching_flags(SMALL_MODEL_PARAMETERS),
+            *SMALL_MODEL_FLAGS,
+            *args.server_flags,
+        ) as server:
+            for workload in workloads.values():
+                grpc_runs(args, result, report.SERVER_SMALL, server.target, server.pid, workload, [32])
     if "floor" not in args.skip:
         run_floor(args, result, workloads, logs)
     if "tutorial" not in args.skip:
@@ -280,15 +303,34 @@ def first_request_latency(target: str, workload: Workload, warmup: str) -> dict:
     }
 
 
+def grpc_load_name(args) -> str:
+    if args.h2load:
+        return "h2load (1 connection)"
+    if args.grpc_load == "h2load":
+        return "grpc.aio (h2load not found)"
+    return "grpc.aio"
+
+
 def best_of(rounds: int, run: Callable[[], LoadResult]) -> LoadResult:
     return max((run() for _ in range(max(rounds, 1))), key=lambda result: result.throughput)
 
 
-def grpc_runs(args, result: report.Report, label: str, target: str, pid: int, workload: Workload) -> None:
+def grpc_runs(
+    args,
+    result: report.Report,
+    label: str,
+    target: str,
+    pid: int,
+    workload: Workload,
+    concurrencies: list[int] | None = None,
+) -> None:
     """Single-image Predict at each of the concurrencies, with the serving process's CPU."""
-    for concurrency in args.concurrency:
+    for concurrency in concurrencies or args.concurrency:
+        closed_loop = (
+            partial(grpc_load.run_h2load, args.h2load) if args.h2load else grpc_load.run_closed_loop
+        )
         run = partial(
-            grpc_load.run_closed_loop,
+            closed_loop,
             target,
             workload.predict_requests(),
             concurrency,

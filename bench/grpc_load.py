@@ -1,22 +1,126 @@
-"""A cheap gRPC load generator for TF Serving's Predict: pre-serialized requests sent as raw
-bytes over one channel from asyncio, either N calls always in flight (closed loop) or a fixed
-arrival rate (open loop, latency counted from each call's scheduled start).
+"""Load generators for TF Serving's Predict, each over one HTTP/2 connection.
+
+- `run_h2load`: nghttp2's h2load (C), N calls always in flight with one pre-serialized
+  request, gRPC-framed. It costs the shared cores a tenth of what a Python client does, so
+  the model server, not the client, is what gets measured. h2load does not read gRPC's
+  status trailers, so each run checks the answers by their size (a failed call has no
+  message), after one call made with grpcio to learn that size.
+- `run_closed_loop` / `run_open_loop`: grpcio's asyncio client with pre-serialized requests
+  sent as raw bytes, N calls in flight (closed loop) or a fixed arrival rate (open loop,
+  latency counted from each call's scheduled start); the closed loop when h2load is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
+import numpy as np
 
 from bench.pacing import paced
 from bench.stats import LoadResult, from_latencies
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MAX_IN_FLIGHT_OPEN_LOOP = 512
+logger = logging.getLogger(__name__)
+
+
+def find_h2load(install: bool = True) -> str | None:
+    """h2load's path; installs Debian's nghttp2-client when missing and allowed (root with apt-get)."""
+    path = shutil.which("h2load")
+    if path or not install or not shutil.which("apt-get") or os.geteuid() != 0:
+        return path
+    logger.info("installing nghttp2-client with apt-get (h2load, the gRPC load generator)")
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "nghttp2-client"], check=False, capture_output=True, timeout=300
+    )
+    return shutil.which("h2load")
+
+
+def run_h2load(
+    h2load: str,
+    target: str,
+    requests: list[bytes],
+    concurrency: int,
+    seconds: float,
+    *,
+    label: str,
+    model: str,
+    warmup: float = 1.0,
+    answer_size: int | None = None,
+) -> LoadResult:
+    """`concurrency` Predict calls always in flight for `seconds` (after `warmup`), with h2load.
+
+    `answer_size`: the serialized PredictResponse's size; by default one call asks for it.
+    """
+    request = requests[0]  # one request: h2load sends one body; every image costs a model the same
+    if answer_size is None:
+        with grpc.insecure_channel(target) as channel:
+            answer_size = len(channel.unary_unary(PREDICT)(request, timeout=60))
+    with tempfile.TemporaryDirectory(prefix="pixelgate-h2load-") as directory:
+        body, log = Path(directory) / "request", Path(directory) / "requests.log"
+        body.write_bytes(_grpc_frame(request))
+        command = [
+            h2load,
+            "--threads=1",
+            "--clients=1",  # one connection, as one gRPC channel
+            f"--max-concurrent-streams={concurrency}",
+            "--header=content-type: application/grpc",
+            "--header=te: trailers",
+            f"--data={body}",
+        ]
+        url = f"http://{target}{PREDICT}"
+        sent = 0
+        if warmup > 0:
+            warm = _run(command + [f"--duration={round(warmup * 1000)}ms", url], warmup)
+            sent += warm["requests"]
+        summary = _run(command + [f"--duration={round(seconds * 1000)}ms", f"--log-file={log}", url], seconds)
+        latencies_us = np.array([int(line.split()[2]) for line in log.read_text().splitlines()])
+    sent += summary["requests"]
+    # A failed call answers with trailers only, no message: count the messages by their size.
+    answered = summary["data_bytes"] // (answer_size + 5)
+    errors = Counter()
+    # Calls in flight when the window closes may have sent their message but not yet ended.
+    if summary["succeeded"] - answered > concurrency:
+        errors["NO_MESSAGE"] = summary["succeeded"] - answered
+    errors.update({kind: summary[kind] for kind in ("failed", "errored", "timeout") if summary[kind]})
+    result = from_latencies(
+        label, model, list(latencies_us / 1e6), seconds, errors, concurrency=concurrency, tool="h2load"
+    )
+    result.requests = min(summary["succeeded"], answered)
+    result.sent = sent
+    return result
+
+
+def _grpc_frame(message: bytes) -> bytes:
+    """gRPC's length-prefixed message: no compression flag, then the length, big-endian."""
+    return b"\0" + struct.pack(">I", len(message)) + message
+
+
+_H2LOAD_REQUESTS = re.compile(
+    r"requests: (?P<requests>\d+) total, \d+ started, \d+ done, (?P<succeeded>\d+) succeeded, "
+    r"(?P<failed>\d+) failed, (?P<errored>\d+) errored, (?P<timeout>\d+) timeout"
+)
+_H2LOAD_DATA = re.compile(r"\((?P<data_bytes>\d+)\) data")
+
+
+def _run(command: list[str], seconds: float) -> dict[str, int]:
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    counts, data = _H2LOAD_REQUESTS.search(output), _H2LOAD_DATA.search(output)
+    if counts is None or data is None:
+        raise RuntimeError(f"unexpected h2load output:\n{output}")
+    return {**{key: int(value) for key, value in counts.groupdict().items()}, **{"data_bytes": int(data[1])}}
 
 
 def run_closed_loop(

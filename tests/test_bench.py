@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 
+import grpc
 import pytest
 
 from bench import grpc_load, http_load, report
 from bench.stats import LoadResult
 from bench.workload import MULTIPART_CONTENT_TYPE, load_workload
+from serving.protos.tensorflow_serving.apis import predict_pb2
 from tests.conftest import DATA_DIR
 
 
@@ -30,6 +32,37 @@ def test_grpc_load_closed_and_open_loop(model_server, workload):
         model_server, workload.predict_requests(), 50, 1.0, label=report.SERVER, model="mnist"
     )
     assert opened.requests == 50 and not opened.errors  # every scheduled call answered
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)")
+def test_h2load_counts_answered_predicts_and_not_refused_ones(model_server, workload):
+    h2load, requests = shutil.which("h2load"), workload.predict_requests()
+    answered = grpc_load.run_h2load(
+        h2load, model_server, requests, 4, 1.0, label=report.SERVER, model="mnist", warmup=0.2
+    )
+    assert answered.requests > 0 and not answered.errors and answered.tool == "h2load"
+    assert answered.sent > answered.requests and answered.p50_ms <= answered.p99_ms
+    # gRPC refuses with HTTP 200 and a status trailer, no message: h2load alone would count it.
+    refused = predict_pb2.PredictRequest.FromString(requests[0])
+    refused.model_spec.name = "no-such-model"
+    size = len(grpc_load_answer(model_server, requests[0]))
+    failed = grpc_load.run_h2load(
+        h2load,
+        model_server,
+        [refused.SerializeToString()],
+        4,
+        1.0,
+        label=report.SERVER,
+        model="mnist",
+        warmup=0,
+        answer_size=size,
+    )
+    assert failed.requests == 0 and failed.errors["NO_MESSAGE"] > 4
+
+
+def grpc_load_answer(target: str, request: bytes) -> bytes:
+    with grpc.insecure_channel(target) as channel:
+        return channel.unary_unary(grpc_load.PREDICT)(request, timeout=30)
 
 
 def test_http_load_posts_pngs_the_gateway_accepts(gateway_url, workload):
