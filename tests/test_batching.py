@@ -394,6 +394,30 @@ def test_queue_limits_answer_as_tf_serving_does(batching_server, reference):
     np.testing.assert_allclose(probabilities(filled), reference(filler[np.newaxis]), rtol=1e-4)
 
 
+def test_a_call_whose_deadline_passes_in_the_queue_is_counted_and_the_server_goes_on(
+    batching_server, reference
+):
+    stub = batching_server(
+        "max_batch_size { value: 4 } batch_timeout_micros { value: 60000000 }", warmup=False
+    )
+    status = {"model_name": "digits", "status": "DEADLINE_EXCEEDED"}
+    expired_before = metric(":tensorflow:serving:request_count", status)
+    with pytest.raises(grpc.RpcError) as late:
+        predict_call(stub, random_images(1), timeout=0.5)  # its batch waits for 3 more rows
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server's side of it: the waiting coroutine was cancelled at the deadline and counted.
+    for _ in range(100):
+        if metric(":tensorflow:serving:request_count", status) > expired_before:
+            break
+        time.sleep(0.05)
+    assert metric(":tensorflow:serving:request_count", status) == expired_before + 1
+    # The abandoned row still holds its place in the batch: three more calls fill it and answer.
+    images = random_images(3, seed=13)
+    with futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda image: probabilities(predict_call(stub, image[np.newaxis])), images))
+    np.testing.assert_allclose(np.concatenate(answers), reference(images), rtol=1e-4, atol=1e-6)
+
+
 def test_large_requests_split_across_batches(batching_server, reference):
     stub = batching_server(
         "max_batch_size { value: 8 } enable_large_batch_splitting { value: true } "

@@ -82,6 +82,8 @@ class LoopGrpcServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stopped; True when `timeout` passed first, as grpc.Server's."""
+        if self.closed:  # stopped and closed already
+            return False
         return self.run(self.server.wait_for_termination(timeout))
 
     @property
@@ -95,3 +97,4 @@ class LoopGrpcServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+        self.executor.shutdown(wait=False)

@@ -85,7 +85,9 @@ def _handle_errors_async(
             with run_timeout(_seconds_to_deadline(context)):
                 return await method(self, request, context)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
-            call.code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
             await context.abort(*call.failed(error))
