@@ -32,8 +32,8 @@ logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 BATCHING_PARAMETERS = ROOT / "serving" / "config" / "batching_parameters.txt"
-SMALL_MODEL_PARAMETERS = ROOT / "serving" / "config" / "batching_parameters_small_models.txt"
-# With SMALL_MODEL_PARAMETERS: one TensorFlow thread per batch, one batch at a time.
+# The small-model configuration: the same batching file, with one TensorFlow thread for the ops
+# of every batch (the batch threads queue their runs on it), leaving the other cores to gRPC.
 SMALL_MODEL_FLAGS = ["--tensorflow_inter_op_parallelism=1"]
 
 
@@ -153,7 +153,7 @@ def main() -> int:
         with model_server(
             config_file,
             logs / "server-small.log",
-            *stack.batching_flags(SMALL_MODEL_PARAMETERS),
+            *batching_flags,
             *SMALL_MODEL_FLAGS,
             *args.server_flags,
         ) as server:

@@ -12,7 +12,7 @@ from bench.stats import LoadResult
 IN_PROCESS = "in-process signature"
 SERVER = "model server gRPC"
 SERVER_BATCHING = "model server gRPC, batching"
-SERVER_SMALL = "model server, small-model cfg"  # batching_parameters_small_models.txt
+SERVER_SMALL = "model server, small-model cfg"  # batching_parameters.txt, inter-op 1
 FLOOR = "Python gRPC floor (no model)"
 GATEWAY = "gateway HTTP (PNG)"
 TUTORIAL = "tutorial Flask app (PNG)"
