@@ -1,7 +1,10 @@
 """The floor under any Python model server here: a PredictionService that answers every Predict
-with the same constant response, built like the embedded server's gRPC edge (grpc.server, a
-thread pool, the same message limits) but running no model. `python -m bench` loads it as it
-loads the model server; what it cannot exceed, no Python server on these cores can.
+with the same constant response, on grpcio's thread-pool server (grpc.server, a thread pool, the
+embedded server's message limits) and running no model. The embedded server answers Predict on
+grpcio's asyncio server instead (serving/model_server/grpc_loop.py), which pays off when calls
+wait for a batch.
+`python -m bench` loads it as it loads the model server; what it cannot exceed, no Python
+server on these cores can.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ class LoopGrpcServer:
         self._thread = threading.Thread(target=self._run_loop, name="grpc-loop", daemon=True)
         self._thread.start()
         self._stop_future: futures.Future[None] | None = None
+        # Set, under the lock, once close() begins: from then on run() refuses new work instead of
+        # handing it to a loop that may never run it.
+        self._lock = threading.Lock()
+        self._closing = False
 
         async def create() -> grpc.aio.Server:
             return grpc.aio.server(migration_thread_pool=executor, options=list(options))
@@ -44,8 +48,14 @@ class LoopGrpcServer:
         self.loop.run_forever()
 
     def run(self, coroutine: Awaitable[Result], timeout: float | None = None) -> Result:
-        """Run `coroutine` on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
+        """Run `coroutine` on the server's loop and wait for its result; RuntimeError once closing."""
+        with self._lock:
+            if self._closing:
+                if asyncio.iscoroutine(coroutine):
+                    coroutine.close()  # never awaited: say so quietly, not with a warning
+                raise RuntimeError("the gRPC server is closed")
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
 
     def call(self, function: Callable[..., Result], *args: Any) -> Result:
         """Call `function(*args)` on the loop's thread: grpc.aio's objects belong to it."""
@@ -84,17 +94,39 @@ class LoopGrpcServer:
         """Block until the server stopped; True when `timeout` passed first, as grpc.Server's."""
         if self.closed:  # stopped and closed already
             return False
-        return self.run(self.server.wait_for_termination(timeout))
+        try:
+            return self.run(self.server.wait_for_termination(timeout))
+        except (RuntimeError, futures.CancelledError):  # closed meanwhile: terminated
+            return False
 
     @property
     def closed(self) -> bool:
-        return self.loop.is_closed()
+        """True once close() has begun."""
+        return self._closing
 
     def close(self) -> None:
-        """End the loop and its thread, after `stop`."""
-        if self.closed:
-            return
+        """Stop the server if nobody did, let the thread pool's calls end, then end the loop.
+
+        Not from the loop's thread or the pool's. The pool drains first, while the loop still
+        runs: a plain method's abort() waits on the loop. Then whatever task is left (a caller
+        of run() racing this close, for one) is cancelled and awaited, as asyncio.run does.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        if self._stop_future is None:
+            self._stop_future = asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop)
+        futures.wait([self._stop_future])
+        self.executor.shutdown(wait=True)
+        asyncio.run_coroutine_threadsafe(_cancel_remaining_tasks(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
-        self.executor.shutdown(wait=False)
+
+
+async def _cancel_remaining_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_MESSAGE = 1024
 NO_DEADLINE_SECONDS = 1e12
+DEADLINE_SLACK_SECONDS = 0.05
 Response = TypeVar("Response")
 
 
@@ -85,8 +86,11 @@ def _handle_errors_async(
             with run_timeout(_seconds_to_deadline(context)):
                 return await method(self, request, context)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            # A client cancels at its own deadline, which comes before the server's (that one
+            # counts from the request's arrival): a cancel within DEADLINE_SLACK of it is the
+            # deadline's.
             remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
             call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception as error:

@@ -51,6 +51,23 @@ def remaining_timeout_in_ms() -> int | None:
 
 
 async def in_thread(executor: Executor | None, function: Callable[..., Result], *args: object) -> Result:
-    """Run blocking `function(*args)` on `executor` from a coroutine, with the caller's deadline."""
+    """Run blocking `function(*args)` on `executor` from a coroutine, with the caller's deadline.
+
+    A thread cannot be stopped: a caller cancelled meanwhile (its client went away, its deadline
+    passed, the server stopped) still waits for the call to end before CancelledError goes on,
+    so that what the caller holds (its model version, its slot among --grpc_max_threads) stays
+    held while the session runs, as on a thread of its own.
+    """
     context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(executor, context.run, function, *args)
+    future = asyncio.get_running_loop().run_in_executor(executor, context.run, function, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.wait([future])
+            except asyncio.CancelledError:
+                continue
+        if not future.cancelled():
+            future.exception()  # retrieved: nobody is left to read it
+        raise
