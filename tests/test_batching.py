@@ -5,6 +5,7 @@ with --enable_batching merging concurrent Predict calls into one session run wit
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import threading
@@ -52,9 +53,7 @@ def padding_total() -> float:
 # The parameters file -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["batching_parameters.txt", "batching_parameters_gpu.txt"]
-)
+@pytest.mark.parametrize("name", ["batching_parameters.txt", "batching_parameters_gpu.txt"])
 def test_shipped_parameter_files_parse(name):
     options = read_batching_options(str(ROOT / "serving" / "config" / name), cpu_count=16)
     assert options.num_batch_threads == 16  # both leave it out: one per core, TF Serving's default
@@ -429,3 +428,79 @@ def test_large_requests_split_across_batches(batching_server, reference):
         probabilities(predict_call(stub, images)), reference(images), rtol=1e-4, atol=1e-6
     )
     assert metric(BATCHES + "_count") - batches_before == 3  # 2 + 2 + 1 rows
+
+
+def _per_model_server(tmp_path: Path, base_path: Path, per_model_files: dict[str, str], per_model: bool):
+    """A server of one copy of the test model per entry, each with `batching_params.pbtxt` if given."""
+    from serving.model_server.config import parse_model_server_config
+
+    entries = []
+    for name, parameters in per_model_files.items():
+        version_dir = tmp_path / name / "1"
+        shutil.copytree(base_path / "1", version_dir)
+        if parameters:
+            (version_dir / "batching_params.pbtxt").write_text(parameters)
+        entries.append(
+            f"config {{ name: '{name}' base_path: '{tmp_path / name}' model_platform: 'tensorflow' }}"
+        )
+    server_file = tmp_path / "server_batching.txt"
+    server_file.write_text("max_batch_size { value: 32 } num_batch_threads { value: 1 }")
+    options = ServerOptions(
+        file_system_poll_wait_seconds=0,
+        enable_batching=True,
+        batching_parameters_file=str(server_file),
+        enable_per_model_batching_parameters=per_model,
+        enable_model_warmup=False,
+        max_num_load_retries=0,
+    )
+    config = parse_model_server_config("model_config_list { " + " ".join(entries) + " }")
+    return create_server("127.0.0.1:0", config, options)
+
+
+def predict_named(stub, name: str, images: np.ndarray):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["images"].CopyFrom(make_tensor_proto(images))
+    return stub.Predict(request, timeout=30)
+
+
+@pytest.mark.parametrize("per_model", [True, False])
+def test_per_model_batching_parameters_replace_the_servers_for_each_model(
+    base_path, tmp_path, reference, per_model
+):
+    own = "max_batch_size { value: 2 } num_batch_threads { value: 0 }"  # its thread count is ignored
+    server, port = _per_model_server(tmp_path, base_path, {"own": own, "none": ""}, per_model)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            three, forty = random_images(3, seed=21), random_images(40, seed=22)
+            if per_model:  # its own file: batches of at most 2
+                with pytest.raises(grpc.RpcError) as too_large:
+                    predict_named(stub, "own", three)
+                assert too_large.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert too_large.value.details() == "Task size 3 is larger than maximum input batch size 2"
+                # No file: no batching, so the server's limit of 32 does not apply either.
+                answer = probabilities(predict_named(stub, "none", forty))
+                np.testing.assert_allclose(answer, reference(forty), rtol=1e-4, atol=1e-6)
+            else:  # the server's file for every model, the models' own files unread
+                answer = probabilities(predict_named(stub, "own", three))
+                np.testing.assert_allclose(answer, reference(three), rtol=1e-4, atol=1e-6)
+                with pytest.raises(grpc.RpcError) as too_large:
+                    predict_named(stub, "none", forty)
+                assert too_large.value.details() == "Task size 40 is larger than maximum input batch size 32"
+            np.testing.assert_allclose(
+                probabilities(predict_named(stub, "own", three[:2])),
+                reference(three[:2]),
+                rtol=1e-4,
+                atol=1e-6,
+            )
+    finally:
+        server.stop(0)
+
+
+def test_a_misspelt_per_model_batching_file_fails_that_models_load(base_path, tmp_path):
+    with pytest.raises(ModelServerError) as failed:
+        _per_model_server(tmp_path, base_path, {"typo": "max_batch_sise { value: 2 }"}, per_model=True)
+    assert "Invalid protobuf file" in str(failed.value)
+    assert "batching_params.pbtxt" in str(failed.value)

@@ -71,9 +71,8 @@ def test_close_without_stop_shuts_the_server_down_and_later_calls_fail_at_once()
         assert time.monotonic() - started < 1
     with pytest.raises(RuntimeError):  # the pool was shut down with the loop
         executor.submit(print)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            channel.unary_unary("/test.Echo/Async")(b"x", timeout=2)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary("/test.Echo/Async")(b"x", timeout=2)
     assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     server.close()  # a second close is a no-op
 

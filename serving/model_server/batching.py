@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -184,6 +185,10 @@ class BatchingOptions:
         return batch_size
 
 
+# What --enable_per_model_batching_parameters reads from a version directory (bundle_factory_util.cc).
+PER_MODEL_BATCHING_PARAMS_FILENAME = "batching_params.pbtxt"
+
+
 def read_batching_parameters(path: str) -> BatchingParameters:
     """Parse a text BatchingParameters file; an unknown or misspelt field is an error, as in TF Serving."""
     try:
@@ -198,6 +203,23 @@ def read_batching_parameters(path: str) -> BatchingParameters:
     except text_format.ParseError as error:
         logger.error("Error parsing text-format pixelgate.serving.BatchingParameters: %s", error)
         raise InvalidArgument(f"Invalid protobuf file: '{path}'") from error
+
+
+def read_model_batching_options(version_dir: str, server_options: BatchingOptions) -> BatchingOptions | None:
+    """--enable_per_model_batching_parameters: the version's own `batching_params.pbtxt`, or None.
+
+    As TF Serving's GetPerModelBatchingParams: the file's batch sizes, timeout and queue bound
+    replace the server's; the threads stay the server's (one pool for every model). A version
+    without the file is served without batching.
+    """
+    path = os.path.join(version_dir, PER_MODEL_BATCHING_PARAMS_FILENAME)
+    if not os.path.exists(path):
+        return None
+    parameters = read_batching_parameters(path)
+    parameters.ClearField("num_batch_threads")  # TF Serving ignores the file's thread settings
+    parameters.ClearField("thread_pool_name")
+    options = BatchingOptions.from_parameters(parameters, server_options.num_batch_threads)
+    return dataclasses.replace(options, thread_pool_name=server_options.thread_pool_name)
 
 
 def read_batching_options(path: str, cpu_count: int) -> BatchingOptions:
@@ -400,8 +422,11 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def add_queue(self, process: Callable[[list[_Task]], None]) -> _BatchQueue:
-        queue = _BatchQueue(self.options, process)
+    def add_queue(
+        self, process: Callable[[list[_Task]], None], options: BatchingOptions | None = None
+    ) -> _BatchQueue:
+        """A queue with `options`' batch sizes and timeout (default: the scheduler's)."""
+        queue = _BatchQueue(self.options if options is None else options, process)
         with self._condition:
             self._queues.append(queue)
         return queue
@@ -483,9 +508,16 @@ class BatchScheduler:
 class BatchingSession:
     """A model version's session run with batching underneath; `run` blocks until its batch ran."""
 
-    def __init__(self, scheduler: BatchScheduler, run_unbatched: SessionRun, name: str = "") -> None:
+    def __init__(
+        self,
+        scheduler: BatchScheduler,
+        run_unbatched: SessionRun,
+        name: str = "",
+        options: BatchingOptions | None = None,
+    ) -> None:
+        """`options`: this model's own batch sizes and timeout (batching_params.pbtxt), else the server's."""
         self._scheduler = scheduler
-        self._options = scheduler.options
+        self._options = scheduler.options if options is None else options
         self._run_unbatched = run_unbatched
         self._name = name
         self._queues: dict[tuple[frozenset[str], frozenset[str]], _BatchQueue] = {}
@@ -546,7 +578,7 @@ class BatchingSession:
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = self._scheduler.add_queue(
-                    lambda tasks: self._process_batch(key, tasks)
+                    lambda tasks: self._process_batch(key, tasks), self._options
                 )
             return queue
 

@@ -51,7 +51,10 @@ FLAGS: tuple[Flag, ...] = (
     _option("enable_batching", "run concurrent requests to one model version as one batch"),
     _option("allow_version_labels_for_unavailable_models", "let labels name versions not loaded yet"),
     _option("batching_parameters_file", "text BatchingParameters file (needs --enable_batching)"),
-    Flag("enable_per_model_batching_parameters", bool, False, "batching_params.pbtxt per model", "ignored"),
+    _option(
+        "enable_per_model_batching_parameters",
+        "batch sizes and timeout from each version's batching_params.pbtxt (none: no batching)",
+    ),
     _option(
         "model_config_file", "text ModelServerConfig file (then --model_name/--model_base_path are ignored)"
     ),

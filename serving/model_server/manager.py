@@ -17,7 +17,13 @@ import os
 import threading
 from collections.abc import Iterator
 
-from serving.model_server.batching import BatchingSession, BatchScheduler, read_batching_options
+from serving.model_server.batching import (
+    BatchingOptions,
+    BatchingSession,
+    BatchScheduler,
+    read_batching_options,
+    read_model_batching_options,
+)
 from serving.model_server.bundle import SavedModelBundle, load_saved_model, servable_id, session_config
 from serving.model_server.config import ModelServerConfig, validate_model_server_config
 from serving.model_server.errors import (
@@ -288,9 +294,18 @@ class ModelManager:
         logger.info("Loading servable version %s from %s", servable_id(model_name, version), path)
         bundle = load_saved_model(model_name, version, path, self.options.tag_set, self._session_config)
         if self._batch_scheduler is not None:  # before warmup, so warmup runs through it too
-            bundle.batching = BatchingSession(
-                self._batch_scheduler, bundle.run_unbatched, servable_id(model_name, version)
-            )
+            batching_options: BatchingOptions | None = self._batch_scheduler.options
+            if self.options.enable_per_model_batching_parameters:
+                try:
+                    batching_options = read_model_batching_options(path, self._batch_scheduler.options)
+                except ModelServerError:
+                    bundle.close()
+                    raise
+            if batching_options is not None:
+                name = servable_id(model_name, version)
+                bundle.batching = BatchingSession(
+                    self._batch_scheduler, bundle.run_unbatched, name, batching_options
+                )
         if self.options.enable_model_warmup:
             try:
                 run_warmup(

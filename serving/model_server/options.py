@@ -41,6 +41,7 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     enable_batching: bool = False
     batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
