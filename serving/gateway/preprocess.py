@@ -7,7 +7,6 @@ to the model's channels, reframes the image as the model's spec says and scales 
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,23 +118,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     """Decode bytes into an upright Pillow image; InvalidImageError says what was wrong."""
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)", code="empty_image")
+    # `max_pixels`, checked from the header before any pixel is decoded, is what refuses large
+    # images (the default, 40 M, is under Pillow's DecompressionBombWarning at 89 M pixels;
+    # Pillow itself raises DecompressionBombError at twice that). No warnings.catch_warnings()
+    # here to make that warning an error: it swaps the process-wide filter list, which is not
+    # thread-safe, and a gateway worker decodes on many threads at once.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImageError(
-                    f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted",
-                    code="image_too_large",
-                )
-            image.load()
-            # In place: without an Orientation tag the copying variant copies every pixel for nothing.
-            ImageOps.exif_transpose(image, in_place=True)
-            return image
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InvalidImageError(
+                f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted",
+                code="image_too_large",
+            )
+        image.load()
+        # In place: without an Orientation tag the copying variant copies every pixel for nothing.
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
     except InvalidImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise InvalidImageError(
             f"the image is too large to decode safely: {error}", code="image_too_large"
         ) from None
