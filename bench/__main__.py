@@ -6,6 +6,7 @@ and the tutorial Flask app, then prints the table and writes it to bench-results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -148,7 +149,7 @@ def main() -> int:
                 )
                 result.results.append(with_cpu([server.pid], run))
         if "gateway" not in args.skip:
-            run_gateway(args, result, workloads, server, models_dir, wrk, logs)
+            tutorial_results = run_gateway(args, result, workloads, server, models_dir, wrk, logs)
     if "small" not in args.skip:
         with model_server(
             config_file,
@@ -161,7 +162,9 @@ def main() -> int:
                 grpc_runs(args, result, report.SERVER_SMALL, server.target, server.pid, workload, [32])
     if "floor" not in args.skip:
         run_floor(args, result, workloads, logs)
-    if "tutorial" not in args.skip:
+    if "tutorial" not in args.skip and "gateway" not in args.skip:
+        result.results.extend(tutorial_results)  # measured in turns with the gateway's runs
+    elif "tutorial" not in args.skip:
         for workload in workloads.values():
             run_tutorial(args, result, workload, models_dir, wrk, logs)
     result.notes.append(f"the whole run took {time.monotonic() - started:.0f} s")
@@ -342,33 +345,45 @@ def grpc_runs(
 
 
 def http_runs(
-    args, result: report.Report, label: str, url: str, workload: Workload, wrk: str | None, pids: list[int]
-) -> None:
+    args, targets: list[tuple[str, str, list[int]]], workload: Workload, wrk: str | None
+) -> list[list[LoadResult]]:
+    """The HTTP loads at each concurrency against every (label, url, pids) target, each target's
+    best of `args.rounds`; the targets take turns round by round, so that a machine that slows
+    down or speeds up meanwhile weighs on each of them alike. One list of results per target."""
     bodies = workload.multipart_bodies()
+    results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:
-        options = {"label": label, "model": workload.model}
-        if wrk:
-            run = partial(
-                http_load.run_wrk,
-                wrk,
-                url,
-                bodies,
-                MULTIPART_CONTENT_TYPE,
-                concurrency,
-                args.seconds,
-                **options,
-            )
-        else:
-            run = partial(
-                http_load.run_python_closed_loop,
-                url,
-                bodies,
-                MULTIPART_CONTENT_TYPE,
-                concurrency,
-                args.seconds,
-                **options,
-            )
-        result.results.append(best_of(args.rounds, partial(with_cpu, pids, run)))
+        best: list[LoadResult | None] = [None] * len(targets)
+        for _ in range(max(args.rounds, 1)):
+            for index, (label, url, pids) in enumerate(targets):
+                options = {"label": label, "model": workload.model}
+                if wrk:
+                    run = partial(
+                        http_load.run_wrk,
+                        wrk,
+                        url,
+                        bodies,
+                        MULTIPART_CONTENT_TYPE,
+                        concurrency,
+                        args.seconds,
+                        **options,
+                    )
+                else:
+                    run = partial(
+                        http_load.run_python_closed_loop,
+                        url,
+                        bodies,
+                        MULTIPART_CONTENT_TYPE,
+                        concurrency,
+                        args.seconds,
+                        **options,
+                    )
+                measured = with_cpu(pids, run)
+                if best[index] is None or measured.throughput > best[index].throughput:  # type: ignore[union-attr]
+                    best[index] = measured
+        for index, measured in enumerate(best):
+            results[index].append(measured)  # type: ignore[arg-type]
+    return results
 
 
 def run_gateway(
@@ -379,7 +394,9 @@ def run_gateway(
     models_dir: Path,
     wrk: str | None,
     logs: Path,
-) -> None:
+) -> list[LoadResult]:
+    """The gateway's runs, and the tutorial app's taking turns with them (unless skipped): its
+    results are returned, for the table to list them after the other servers' as before."""
     port = stack.free_port()
     environment = {"LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"), "MODELS": ",".join(workloads)}
     if args.gateway_workers:
@@ -387,6 +404,7 @@ def run_gateway(
     if args.gateway_threads:
         environment["GATEWAY_THREADS"] = args.gateway_threads
     logger.info("starting the gateway %s", environment)
+    tutorial_results: list[LoadResult] = []
     with (logs / "gateway.log").open("w") as log:
         gateway = stack.start_gateway(
             port, server.target, models_dir, env=environment, stdout=log, stderr=subprocess.STDOUT
@@ -394,11 +412,25 @@ def run_gateway(
         try:
             base = f"http://127.0.0.1:{port}"
             stack.wait_for_http(f"{base}/readyz", gateway)
+            # The first worker up answers /readyz while gunicorn may still be forking the others,
+            # whose CPU would then count as other processes'.
+            workers = int(args.gateway_workers or len(os.sched_getaffinity(0)))
+            deadline = time.monotonic() + 60
+            while len(process_tree(gateway.pid)) < 1 + workers and time.monotonic() < deadline:
+                time.sleep(0.1)
             pids = [server.pid, *process_tree(gateway.pid)]  # the gateway's CPU is counted with the server's
             for name, workload in workloads.items():
                 url = f"{base}/v1/models/{name}:predict"
                 post_until_ok(url, workload, gateway)
-                http_runs(args, result, report.GATEWAY, url, workload, wrk, pids)
+                with contextlib.ExitStack() as apps:
+                    targets = [(report.GATEWAY, url, pids)]
+                    if "tutorial" not in args.skip:
+                        tutorial_url, tutorial_pid = apps.enter_context(tutorial_app(workload, models_dir, logs))
+                        targets.append((report.TUTORIAL, tutorial_url, [tutorial_pid]))
+                    measured = http_runs(args, targets, workload, wrk)
+                result.results.extend(measured[0])
+                if len(measured) > 1:
+                    tutorial_results.extend(measured[1])
                 saturation = result.best(report.GATEWAY, name)
                 if saturation:
                     run = partial(
@@ -415,6 +447,7 @@ def run_gateway(
             result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
         finally:
             stack.stop(gateway)
+    return tutorial_results
 
 
 def run_floor(args, result: report.Report, workloads: dict[str, Workload], logs: Path) -> None:
@@ -438,9 +471,9 @@ def run_floor(args, result: report.Report, workloads: dict[str, Workload], logs:
                 floor.stdout.close()
 
 
-def run_tutorial(
-    args, result: report.Report, workload: Workload, models_dir: Path, wrk: str | None, logs: Path
-) -> None:
+@contextlib.contextmanager
+def tutorial_app(workload: Workload, models_dir: Path, logs: Path) -> Iterator[tuple[str, int]]:
+    """The tutorial Flask app serving `workload`'s model, answering: (its predict URL, its pid)."""
     port = stack.free_port()
     version = max(int(p.name) for p in (models_dir / workload.model).iterdir() if p.name.isdigit())
     logger.info("starting the tutorial Flask app for %s", workload.model)
@@ -462,9 +495,17 @@ def run_tutorial(
         try:
             url = f"http://127.0.0.1:{port}/predict"
             post_until_ok(url, workload, app)
-            http_runs(args, result, report.TUTORIAL, url, workload, wrk, [app.pid])
+            yield url, app.pid
         finally:
             stack.stop(app)
+
+
+def run_tutorial(
+    args, result: report.Report, workload: Workload, models_dir: Path, wrk: str | None, logs: Path
+) -> None:
+    """The tutorial app on its own (when the gateway's runs are skipped)."""
+    with tutorial_app(workload, models_dir, logs) as (url, pid):
+        result.results.extend(http_runs(args, [(report.TUTORIAL, url, [pid])], workload, wrk)[0])
 
 
 def post_until_ok(url: str, workload: Workload, process: subprocess.Popen, timeout: float = 300) -> None:

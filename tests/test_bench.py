@@ -182,3 +182,31 @@ def test_runs_that_shared_the_machine_are_measured_and_marked():
     assert "1 of 1 runs (marked *) shared the machine" in text
     shared.other_cpu_share = 0.01
     assert "shared the machine" not in report.render(runs)
+
+
+def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, workload, monkeypatch):
+    import argparse
+
+    import bench.__main__ as bench_main
+
+    order = []
+    measure = bench_main.with_cpu
+
+    def recorded(pids, run):
+        measured = measure(pids, run)
+        order.append((measured.target, measured.concurrency))
+        return measured
+
+    monkeypatch.setattr(bench_main, "with_cpu", recorded)
+    args = argparse.Namespace(http_concurrency=[1, 2], rounds=2, seconds=0.5)
+    targets = [
+        (report.GATEWAY, f"{gateway_url}/v1/models/mnist:predict", [os.getpid()]),
+        (report.TUTORIAL, f"{gateway_url}/v1/models/no_such_model:predict", [os.getpid()]),
+    ]
+    gateway, refused = bench_main.http_runs(args, targets, workload, wrk=None)
+    # Round by round, each target in turn: a slower or faster machine meanwhile weighs on both.
+    assert order == [(report.GATEWAY, 1), (report.TUTORIAL, 1)] * 2 + [(report.GATEWAY, 2), (report.TUTORIAL, 2)] * 2
+    assert [(r.target, r.concurrency) for r in gateway] == [(report.GATEWAY, 1), (report.GATEWAY, 2)]
+    assert all(r.requests > 0 and not r.errors for r in gateway)
+    assert [(r.target, r.concurrency) for r in refused] == [(report.TUTORIAL, 1), (report.TUTORIAL, 2)]
+    assert all(r.requests == 0 and r.errors.get("HTTP 404") for r in refused)
