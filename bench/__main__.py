@@ -36,6 +36,8 @@ BATCHING_PARAMETERS = ROOT / "serving" / "config" / "batching_parameters.txt"
 # The small-model configuration: the same batching file, with one TensorFlow thread for the ops
 # of every batch (the batch threads queue their runs on it), leaving the other cores to gRPC.
 SMALL_MODEL_FLAGS = ["--tensorflow_inter_op_parallelism=1"]
+# The unmeasured load before each measured HTTP run (h2load's runs have one of their own).
+WARMUP_SECONDS = 1.0
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -349,36 +351,24 @@ def http_runs(
 ) -> list[list[LoadResult]]:
     """The HTTP loads at each concurrency against every (label, url, pids) target, each target's
     best of `args.rounds`; the targets take turns round by round, so that a machine that slows
-    down or speeds up meanwhile weighs on each of them alike. One list of results per target."""
+    down or speeds up meanwhile weighs on each of them alike. Each measured run follows a
+    second of the same load, unmeasured: a server whose caches the other one's run evicted
+    starts warm, as the gRPC runs do. One list of results per target."""
     bodies = workload.multipart_bodies()
     results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:
         best: list[LoadResult | None] = [None] * len(targets)
         for _ in range(max(args.rounds, 1)):
             for index, (label, url, pids) in enumerate(targets):
-                options = {"label": label, "model": workload.model}
                 if wrk:
-                    run = partial(
-                        http_load.run_wrk,
-                        wrk,
-                        url,
-                        bodies,
-                        MULTIPART_CONTENT_TYPE,
-                        concurrency,
-                        args.seconds,
-                        **options,
-                    )
+                    run = partial(http_load.run_wrk, wrk, url, bodies, MULTIPART_CONTENT_TYPE, concurrency)
                 else:
                     run = partial(
-                        http_load.run_python_closed_loop,
-                        url,
-                        bodies,
-                        MULTIPART_CONTENT_TYPE,
-                        concurrency,
-                        args.seconds,
-                        **options,
+                        http_load.run_python_closed_loop, url, bodies, MULTIPART_CONTENT_TYPE, concurrency
                     )
-                measured = with_cpu(pids, run)
+                options = {"label": label, "model": workload.model}
+                run(WARMUP_SECONDS, **options)
+                measured = with_cpu(pids, partial(run, args.seconds, **options))
                 if best[index] is None or measured.throughput > best[index].throughput:  # type: ignore[union-attr]
                     best[index] = measured
         for index, measured in enumerate(best):

@@ -6,6 +6,8 @@ itself answers; strings in `string_val`. Both ends of the gRPC hop use this modu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -25,6 +27,8 @@ _NUMPY_BY_DTYPE = {
     types_pb2.DT_BOOL: np.bool_,
 }
 _DTYPE_BY_NUMPY = {np.dtype(v): k for k, v in _NUMPY_BY_DTYPE.items()}
+# tensor_content's byte order, per type.
+_WIRE_DTYPE = {k: np.dtype(v).newbyteorder("<") for k, v in _NUMPY_BY_DTYPE.items()}
 # The numeric types `make_ndarray` reads (strings aside).
 NUMERIC_DTYPES = frozenset(_NUMPY_BY_DTYPE)
 
@@ -68,7 +72,7 @@ def make_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
 def make_ndarray(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode a TensorProto into a NumPy array (strings become an object array of bytes)."""
     shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if tensor.dtype == types_pb2.DT_STRING:
         values = list(tensor.string_val)
         if len(values) == 1 and count != 1:
@@ -79,7 +83,7 @@ def make_ndarray(tensor: tensor_pb2.TensorProto) -> np.ndarray:
         raise ValueError(f"unsupported tensor dtype {types_pb2.DataType.Name(tensor.dtype)}")
     if tensor.tensor_content:
         return (
-            np.frombuffer(tensor.tensor_content, dtype=np.dtype(numpy_dtype).newbyteorder("<"))
+            np.frombuffer(tensor.tensor_content, dtype=_WIRE_DTYPE[tensor.dtype])
             .astype(numpy_dtype, copy=False)
             .reshape(shape)
         )

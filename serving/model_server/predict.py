@@ -7,6 +7,7 @@ tensorflow/cc/saved_model/util.cc (GetInputValues). Inputs arrive undecoded with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import NamedTuple, TypeVar
@@ -17,7 +18,7 @@ import tensorflow as tf
 from serving.model_server import metrics
 from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
-from serving.protos.tensorflow.core.framework import types_pb2
+from serving.protos.tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -173,19 +174,31 @@ def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, np.ndarray]], bund
                 f"Expects arg[{index}] to be {_type_name(info.dtype)} but {_type_name(provided)} is provided"
             )
     for info, array in feeds:
-        expected = tf.TensorShape(info.tensor_shape)
-        if not expected.is_compatible_with(array.shape) and bundle.is_placeholder(info.name):
+        if not _shape_fits(info.tensor_shape, array.shape) and bundle.is_placeholder(info.name):
             raise InvalidArgument(
                 f"Cannot feed value of shape {tuple(array.shape)!r} for Tensor {info.name}, "
-                f"which has shape {expected}"
+                f"which has shape {tf.TensorShape(info.tensor_shape)}"
             )
 
 
-def _data_type(array: np.ndarray) -> int:
+def _shape_fits(expected: tensor_shape_pb2.TensorShapeProto, shape: tuple[int, ...]) -> bool:
+    """tf.TensorShape(expected).is_compatible_with(shape), without building TensorShapes per call."""
+    if expected.unknown_rank:
+        return True
+    dims = expected.dim
+    return len(dims) == len(shape) and all(dim.size < 0 or dim.size == size for dim, size in zip(dims, shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_enum(dtype: np.dtype) -> int:
     try:
-        return tf.as_dtype(array.dtype).as_datatype_enum
+        return tf.as_dtype(dtype).as_datatype_enum
     except TypeError:
         return types_pb2.DT_INVALID
+
+
+def _data_type(array: np.ndarray) -> int:
+    return _dtype_enum(array.dtype)
 
 
 def _type_name(data_type: int) -> str:
