@@ -404,7 +404,8 @@ def run_gateway(
             stack.wait_for_http(f"{base}/readyz", gateway)
             # The first worker up answers /readyz while gunicorn may still be forking the others,
             # whose CPU would then count as other processes'.
-            workers = int(args.gateway_workers or len(os.sched_getaffinity(0)))
+            workers = int(environment.get("GATEWAY_WORKERS") or os.environ.get("GATEWAY_WORKERS")
+                          or len(os.sched_getaffinity(0)))  # gunicorn.conf.py's default
             deadline = time.monotonic() + 60
             while len(process_tree(gateway.pid)) < 1 + workers and time.monotonic() < deadline:
                 time.sleep(0.1)
