@@ -130,6 +130,7 @@ def main() -> int:
                 result.first_requests.append(first_request_latency(server.target, workload, warmup="off"))
                 grpc_runs(args, result, report.SERVER, server.target, server.pid, workload)
     batching_flags = stack.batching_flags(args.batching_parameters)
+    tutorial_results: list[LoadResult] = []  # measured in turns with the gateway's runs
     with model_server(
         config_file, logs / "server-batching.log", *batching_flags, *args.server_flags
     ) as server:
@@ -165,7 +166,7 @@ def main() -> int:
     if "floor" not in args.skip:
         run_floor(args, result, workloads, logs)
     if "tutorial" not in args.skip and "gateway" not in args.skip:
-        result.results.extend(tutorial_results)  # measured in turns with the gateway's runs
+        result.results.extend(tutorial_results)
     elif "tutorial" not in args.skip:
         for workload in workloads.values():
             run_tutorial(args, result, workload, models_dir, wrk, logs)
@@ -255,6 +256,7 @@ def in_process_limit(name: str, models_dir: Path, data_dir: str, seconds: float)
         capture_output=True,
         text=True,
         check=True,
+        env=stack.fixed_weights_environment(),  # the model server's, so the limit is the same model's
     ).stdout
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     return {row["batch_size"]: row["images_per_second"] for row in rows}
@@ -277,6 +279,7 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
             *self.flags,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=stack.fixed_weights_environment(),  # as `make serve` runs it
         )
         names = stack.model_names_in_config(self.config_file)
         stack.wait_for_models(f"127.0.0.1:{port}", names, self.process, timeout=300)
@@ -358,8 +361,10 @@ def http_runs(
     results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:
         best: list[LoadResult | None] = [None] * len(targets)
-        for _ in range(max(args.rounds, 1)):
-            for index, (label, url, pids) in enumerate(targets):
+        for round_ in range(max(args.rounds, 1)):
+            # Each target goes first in every other round: neither always runs after the other.
+            order = list(enumerate(targets))
+            for index, (label, url, pids) in order if round_ % 2 == 0 else order[::-1]:
                 if wrk:
                     run = partial(http_load.run_wrk, wrk, url, bodies, MULTIPART_CONTENT_TYPE, concurrency)
                 else:
@@ -407,7 +412,11 @@ def run_gateway(
             workers = int(environment.get("GATEWAY_WORKERS") or os.environ.get("GATEWAY_WORKERS")
                           or len(os.sched_getaffinity(0)))  # gunicorn.conf.py's default
             deadline = time.monotonic() + 60
-            while len(process_tree(gateway.pid)) < 1 + workers and time.monotonic() < deadline:
+            while len(process_tree(gateway.pid)) < 1 + workers and gateway.poll() is None:
+                if time.monotonic() > deadline:
+                    logger.warning("the gateway has %d of %d workers after 60 s; their CPU counts as others'",
+                                   len(process_tree(gateway.pid)) - 1, workers)
+                    break
                 time.sleep(0.1)
             pids = [server.pid, *process_tree(gateway.pid)]  # the gateway's CPU is counted with the server's
             for name, workload in workloads.items():
@@ -430,11 +439,11 @@ def run_gateway(
                         workload.multipart_bodies(),
                         MULTIPART_CONTENT_TYPE,
                         saturation.throughput / 2,
-                        args.seconds,
                         label=report.GATEWAY,
                         model=name,
                     )
-                    result.results.append(with_cpu(pids, run))
+                    run(WARMUP_SECONDS)  # after the tutorial app's last run, as before each closed loop
+                    result.results.append(with_cpu(pids, partial(run, args.seconds)))
             result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
         finally:
             stack.stop(gateway)

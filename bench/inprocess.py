@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -38,11 +37,6 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    # The model server's own TensorFlow settings, so that the limit is the same model's.
-    from serving.model_server.__main__ import SERVING_ENVIRONMENT
-
-    for name, value in SERVING_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
     import tensorflow as tf
 
     from bench.workload import load_workload

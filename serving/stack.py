@@ -24,6 +24,22 @@ from serving.protos.tensorflow_serving.apis import get_model_status_pb2, model_s
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
+# TensorFlow's oneDNN convolutions and fused Dense layers reorder their weights into oneDNN's
+# blocked layout on every session run unless told the weights never change; told, each kernel
+# keeps the copy it made on its first run and never looks at the weights again. pixelgate's own
+# exports (Keras models, weights in variables no signature assigns) qualify, and in the small
+# batches the gateway sends `cifar10` then costs about a tenth less CPU per image
+# (docs/benchmarks.md). A model that feeds its filters as an input, computes them or assigns
+# them would get answers computed with stale weights, so this is the environment `make serve`
+# (and `make bench`, and docker's CPU TF Serving) give the model server, not the embedded
+# server's own default: TensorFlow Serving does not set it either. TensorFlow reads it once,
+# the first time a oneDNN kernel is built.
+FIXED_WEIGHTS_ENVIRONMENT = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
+
+
+def fixed_weights_environment() -> dict[str, str]:
+    """This process's environment with FIXED_WEIGHTS_ENVIRONMENT, unless it sets those variables itself."""
+    return {**FIXED_WEIGHTS_ENVIRONMENT, **os.environ}
 
 
 def free_port() -> int:
@@ -145,7 +161,7 @@ def main() -> int:
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
         flags += batching_flags(Path(args.batching_parameters_file))
-    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags)
+    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags, env=fixed_weights_environment())
     gateway = None
     stopping = False
 

@@ -204,8 +204,12 @@ def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, work
         (report.TUTORIAL, f"{gateway_url}/v1/models/no_such_model:predict", [os.getpid()]),
     ]
     gateway, refused = bench_main.http_runs(args, targets, workload, wrk=None)
-    # Round by round, each target in turn: a slower or faster machine meanwhile weighs on both.
-    assert order == [(report.GATEWAY, 1), (report.TUTORIAL, 1)] * 2 + [(report.GATEWAY, 2), (report.TUTORIAL, 2)] * 2
+    # Round by round, each target in turn, each first in every other round: a slower or faster
+    # machine meanwhile weighs on both.
+    gateway_1, tutorial_1, gateway_2, tutorial_2 = (
+        (report.GATEWAY, 1), (report.TUTORIAL, 1), (report.GATEWAY, 2), (report.TUTORIAL, 2)
+    )
+    assert order == [gateway_1, tutorial_1, tutorial_1, gateway_1, gateway_2, tutorial_2, tutorial_2, gateway_2]
     assert [(r.target, r.concurrency) for r in gateway] == [(report.GATEWAY, 1), (report.GATEWAY, 2)]
     assert all(r.requests > 0 and not r.errors for r in gateway)
     assert [(r.target, r.concurrency) for r in refused] == [(report.TUTORIAL, 1), (report.TUTORIAL, 2)]

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving import stack
 from serving.model_server import ServerOptions, build_single_model_config, create_server
 from serving.model_server.testing import export_test_model, random_images
 
@@ -318,7 +319,8 @@ def test_command_line_serves_a_prediction(digits_base_path, reference):
         MODEL,
         f"--model_base_path={digits_base_path}",
     ]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # As `make serve` runs it: oneDNN keeps each kernel's reordered weights (serving/stack.py).
+    environment = {**stack.fixed_weights_environment(), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -331,8 +333,7 @@ def test_command_line_serves_a_prediction(digits_base_path, reference):
         expected = reference[2](images=tf.constant(images))["probabilities"].numpy()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            # The server keeps each convolution's reordered filters after the first run
-            # (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS): the later runs use them and must answer the same.
+            # The later runs use the weights oneDNN reordered and kept on the first: the same answers.
             for _ in range(3):
                 response = stub.Predict(predict_request(images), timeout=60)
                 np.testing.assert_allclose(

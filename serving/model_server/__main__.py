@@ -18,14 +18,6 @@ if TYPE_CHECKING:
 
 PROGRAM = "python -m serving.model_server"
 FAILURE = 255  # main() returns -1
-# TensorFlow's oneDNN convolutions reorder their filters into oneDNN's blocked layout on every
-# run unless told that the weights never change, which a served model's never do; told, each
-# kernel keeps its reordered copy. In the gateway's small batches cifar10 then costs about a
-# tenth less CPU per image (docs/benchmarks.md); Intel's own SavedModel inference scripts set it
-# too. TensorFlow reads it once, when the first oneDNN kernel is built, so it is set before any
-# model loads; TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0 in the environment turns it off (for a graph
-# that assigns to its own filters). A build without oneDNN ignores it.
-SERVING_ENVIRONMENT = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 
 
 def configure_logging() -> None:
@@ -38,8 +30,6 @@ def configure_logging() -> None:
 
 def main(arguments: list[str] | None = None) -> int:
     configure_logging()
-    for name, value in SERVING_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
     from serving.model_server.flags import FlagError, parse_command_line, usage
 
     try:

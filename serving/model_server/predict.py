@@ -186,7 +186,7 @@ def _shape_fits(expected: tensor_shape_pb2.TensorShapeProto, shape: tuple[int, .
     if expected.unknown_rank:
         return True
     dims = expected.dim
-    return len(dims) == len(shape) and all(dim.size < 0 or dim.size == size for dim, size in zip(dims, shape))
+    return len(dims) == len(shape) and all(dim.size in (-1, size) for dim, size in zip(dims, shape))
 
 
 @functools.lru_cache(maxsize=64)
