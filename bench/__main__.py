@@ -360,7 +360,7 @@ def http_runs(
     bodies = workload.multipart_bodies()
     results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:
-        best: list[LoadResult | None] = [None] * len(targets)
+        rounds: list[list[LoadResult]] = [[] for _ in targets]
         for round_ in range(max(args.rounds, 1)):
             # Each target goes first in every other round: neither always runs after the other.
             order = list(enumerate(targets))
@@ -373,11 +373,9 @@ def http_runs(
                     )
                 options = {"label": label, "model": workload.model}
                 run(WARMUP_SECONDS, **options)
-                measured = with_cpu(pids, partial(run, args.seconds, **options))
-                if best[index] is None or measured.throughput > best[index].throughput:  # type: ignore[union-attr]
-                    best[index] = measured
-        for index, measured in enumerate(best):
-            results[index].append(measured)  # type: ignore[arg-type]
+                rounds[index].append(with_cpu(pids, partial(run, args.seconds, **options)))
+        for index, measured in enumerate(rounds):
+            results[index].append(max(measured, key=lambda result: result.throughput))  # as best_of
     return results
 
 
