@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from bench import grpc_load, http_load, report
-from bench.cpu import process_tree, with_cpu
+from bench.cpu import cpu_description, process_tree, with_cpu
 from bench.stats import LoadResult
 from bench.workload import MULTIPART_CONTENT_TYPE, Workload, load_workload
 from serving import stack
@@ -107,8 +107,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     result = report.Report(
         header=[
-            f"pixelgate benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, load average "
-            f"{load:.1f} at start",
+            f"pixelgate benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
+            f"({cpu_description()}), load average {load:.1f} at start",
             f"models from {models_dir}; {args.seconds:.0f} s per run, best of {args.rounds}; HTTP load: "
             f"{'wrk (1 thread)' if wrk else 'python asyncio client (wrk not found)'}; gRPC load: "
             f"{grpc_load_name(args)} (fixed rates: grpc.aio)",
@@ -256,7 +256,7 @@ def in_process_limit(name: str, models_dir: Path, data_dir: str, seconds: float)
         capture_output=True,
         text=True,
         check=True,
-        env=stack.fixed_weights_environment(),  # the model server's, so the limit is the same model's
+        env=stack.model_server_environment(),  # the model server's, so the limit is the same model's
     ).stdout
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     return {row["batch_size"]: row["images_per_second"] for row in rows}
@@ -279,7 +279,7 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
             *self.flags,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env=stack.fixed_weights_environment(),  # as `make serve` runs it
+            env=stack.model_server_environment(),  # as `make serve` runs it
         )
         names = stack.model_names_in_config(self.config_file)
         stack.wait_for_models(f"127.0.0.1:{port}", names, self.process, timeout=300)

@@ -79,3 +79,23 @@ def with_cpu(pids: list[int], run: Callable[[], LoadResult]) -> LoadResult:
     result.load_cpu_ms = loaded * 1000 / sent
     result.other_cpu_share = max(others, 0.0) / (wall * len(cores)) if wall > 0 else 0.0
     return result
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its widest vector instructions, which decide how fast a model
+    runs and whether TensorFlow picks oneDNN's kernels by itself (AVX-512 VNNI or newer): runs
+    on machines that differ there are not comparable ("AMD EPYC, AVX2")."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "CPU unknown"
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines()[:64])
+        if value
+    )
+    flags = set(fields.get("flags", "").split())
+    vector = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"),
+                                      ("avx512_bf16", "BF16"), ("amx_tile", "AMX")) if flag in flags]
+    return ", ".join([fields.get("model name", "CPU unknown"), *vector])

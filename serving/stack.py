@@ -24,22 +24,26 @@ from serving.protos.tensorflow_serving.apis import get_model_status_pb2, model_s
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-# TensorFlow's oneDNN convolutions and fused Dense layers reorder their weights into oneDNN's
-# blocked layout on every session run unless told the weights never change; told, each kernel
-# keeps the copy it made on its first run and never looks at the weights again. pixelgate's own
-# exports (Keras models, weights in variables no signature assigns) qualify, and in the small
-# batches the gateway sends `cifar10` then costs about a tenth less CPU per image
-# (docs/benchmarks.md). A model that feeds its filters as an input, computes them or assigns
-# them would get answers computed with stale weights, so this is the environment `make serve`
-# (and `make bench`, and docker's CPU TF Serving) give the model server, not the embedded
-# server's own default: TensorFlow Serving does not set it either. TensorFlow reads it once,
-# the first time a oneDNN kernel is built.
-FIXED_WEIGHTS_ENVIRONMENT = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
+# The environment `make serve` (and `make bench`, and docker's CPU TF Serving) gives the model
+# server; not the embedded server's own default, as it is not TF Serving's. Two TensorFlow
+# switches, each read once, when the first kernel is built:
+# - TF_ENABLE_ONEDNN_OPTS=1: TensorFlow turns its oneDNN kernels on by itself only on CPUs with
+#   AVX-512 VNNI or newer; on an AVX2-only one (AMD EPYC here) it falls back to Eigen's, which
+#   cost `cifar10` a fifth more CPU per image, in-process and in the server (docs/benchmarks.md).
+#   Where oneDNN is on already it changes nothing.
+# - TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN's convolutions and fused Dense layers reorder their
+#   weights into its blocked layout on every session run unless told the weights never change;
+#   told, each kernel keeps the copy it made on its first run and never looks at the weights
+#   again. pixelgate's own exports (Keras models, weights in variables no signature assigns)
+#   qualify, and in the small batches the gateway sends `cifar10` then costs about a tenth less
+#   CPU per image. A model that feeds its filters as an input, computes them or assigns them
+#   would get answers computed with stale weights: such a model needs it set to 0.
+MODEL_SERVER_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 
 
-def fixed_weights_environment() -> dict[str, str]:
-    """This process's environment with FIXED_WEIGHTS_ENVIRONMENT, unless it sets those variables itself."""
-    return {**FIXED_WEIGHTS_ENVIRONMENT, **os.environ}
+def model_server_environment() -> dict[str, str]:
+    """This process's environment with MODEL_SERVER_ENVIRONMENT, unless it sets those variables itself."""
+    return {**MODEL_SERVER_ENVIRONMENT, **os.environ}
 
 
 def free_port() -> int:
@@ -161,7 +165,7 @@ def main() -> int:
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
         flags += batching_flags(Path(args.batching_parameters_file))
-    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags, env=fixed_weights_environment())
+    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags, env=model_server_environment())
     gateway = None
     stopping = False
 

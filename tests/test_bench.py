@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from bench import grpc_load, http_load, report
+from bench.cpu import cpu_description
 from bench.stats import LoadResult
 from bench.workload import MULTIPART_CONTENT_TYPE, load_workload
 from serving.protos.tensorflow_serving.apis import predict_pb2
@@ -214,3 +215,12 @@ def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, work
     assert all(r.requests > 0 and not r.errors for r in gateway)
     assert [(r.target, r.concurrency) for r in refused] == [(report.TUTORIAL, 1), (report.TUTORIAL, 2)]
     assert all(r.requests == 0 and r.errors.get("HTTP 404") for r in refused)
+
+
+def test_cpu_description_names_the_model_and_its_vector_extensions():
+    avx512 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+              "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
+    assert cpu_description(avx512) == "Intel(R) Xeon(R) Platinum 8488C, AVX2, AVX-512, VNNI, BF16, AMX"
+    assert cpu_description("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n") == "AMD EPYC, AVX2"
+    assert cpu_description("") == "CPU unknown"
+    assert cpu_description().split(",")[0]  # this machine's /proc/cpuinfo

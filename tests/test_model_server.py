@@ -319,8 +319,8 @@ def test_command_line_serves_a_prediction(digits_base_path, reference):
         MODEL,
         f"--model_base_path={digits_base_path}",
     ]
-    # As `make serve` runs it: oneDNN keeps each kernel's reordered weights (serving/stack.py).
-    environment = {**stack.fixed_weights_environment(), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # As `make serve` runs it: oneDNN on, keeping each kernel's reordered weights (serving/stack.py).
+    environment = {**stack.model_server_environment(), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
