@@ -5,6 +5,7 @@ says more than throughput does, since it does not change with what else is runni
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import time
 from collections.abc import Callable
@@ -82,20 +83,29 @@ def with_cpu(pids: list[int], run: Callable[[], LoadResult]) -> LoadResult:
 
 
 def cpu_description(cpuinfo: str | None = None) -> str:
-    """The CPU's model name and its widest vector instructions, which decide how fast a model
-    runs and whether TensorFlow picks oneDNN's kernels by itself (AVX-512 VNNI or newer): runs
-    on machines that differ there are not comparable ("AMD EPYC, AVX2")."""
+    """The CPU's model name and the vector instructions that decide how fast a model runs and
+    whether TensorFlow picks oneDNN's kernels by itself (AVX-512 VNNI or BF16, AVX-VNNI, AMX):
+    runs on machines that differ there are not comparable ("AMD EPYC, AVX2")."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return "CPU unknown"
-    fields = dict(
-        (key.strip(), value.strip())
-        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines()[:64])
-        if value
-    )
-    flags = set(fields.get("flags", "").split())
-    vector = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"),
-                                      ("avx512_bf16", "BF16"), ("amx_tile", "AMX")) if flag in flags]
-    return ", ".join([fields.get("model name", "CPU unknown"), *vector])
+            return platform.machine() or "CPU unknown"
+    first = cpuinfo.split("\n\n", 1)[0]  # processor 0's block: every core of a VM reads the same
+    lines = (line.partition(":") for line in first.splitlines())
+    fields = {key.strip(): value.strip() for key, _, value in lines}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())  # x86 / Arm
+    vector = [name for flag, name in _VECTOR_FLAGS if flag in flags]
+    return ", ".join([fields.get("model name") or platform.machine() or "CPU unknown", *vector])
+
+
+_VECTOR_FLAGS = (
+    ("avx2", "AVX2"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx512f", "AVX-512"),
+    ("avx512_vnni", "AVX512-VNNI"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("amx_tile", "AMX"),
+    ("asimd", "NEON"),
+    ("sve", "SVE"),
+)

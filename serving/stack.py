@@ -26,11 +26,11 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # The environment `make serve` (and `make bench`, and docker's CPU TF Serving) gives the model
 # server; not the embedded server's own default, as it is not TF Serving's. Two TensorFlow
-# switches, each read once, when the first kernel is built:
+# switches, read once, so they must be in the environment before TensorFlow is imported:
 # - TF_ENABLE_ONEDNN_OPTS=1: TensorFlow turns its oneDNN kernels on by itself only on CPUs with
-#   AVX-512 VNNI or newer; on an AVX2-only one (AMD EPYC here) it falls back to Eigen's, which
-#   cost `cifar10` a fifth more CPU per image, in-process and in the server (docs/benchmarks.md).
-#   Where oneDNN is on already it changes nothing.
+#   AVX-512 VNNI or BF16, AVX-VNNI or AMX; on one without (an AVX2-only AMD EPYC), Eigen's cost
+#   `cifar10` a fifth more CPU per image in-process and 5-15 % more per request in the model
+#   server (docs/benchmarks.md). Where oneDNN is on already it changes nothing.
 # - TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN's convolutions and fused Dense layers reorder their
 #   weights into its blocked layout on every session run unless told the weights never change;
 #   told, each kernel keeps the copy it made on its first run and never looks at the weights

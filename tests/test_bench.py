@@ -5,6 +5,7 @@ for a second each: answers are counted, errors are not, and the table shows what
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 
 import grpc
@@ -218,9 +219,16 @@ def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, work
 
 
 def test_cpu_description_names_the_model_and_its_vector_extensions():
-    avx512 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
-              "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
-    assert cpu_description(avx512) == "Intel(R) Xeon(R) Platinum 8488C, AVX2, AVX-512, VNNI, BF16, AMX"
+    xeon = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu avx2\n"
+    )
+    assert cpu_description(xeon) == (
+        "Intel(R) Xeon(R) Platinum 8488C, AVX2, AVX-512, AVX512-VNNI, AVX512-BF16, AMX"
+    )
     assert cpu_description("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n") == "AMD EPYC, AVX2"
-    assert cpu_description("") == "CPU unknown"
-    assert cpu_description().split(",")[0]  # this machine's /proc/cpuinfo
+    alder_lake = "model name\t: 12th Gen Intel(R) Core(TM) i7-1265U\nflags\t\t: avx2 avx_vnni\n"
+    assert cpu_description(alder_lake) == "12th Gen Intel(R) Core(TM) i7-1265U, AVX2, AVX-VNNI"
+    graviton = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n"
+    assert cpu_description(graviton) == f"{platform.machine() or 'CPU unknown'}, NEON, SVE"
