@@ -71,8 +71,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--server-flags",
         nargs="*",
-        default=["--grpc_max_threads=32"],
-        help="extra tensorflow_model_server flags for both model-server runs",
+        default=[],
+        help="extra tensorflow_model_server flags for every model-server run",
     )
     parser.add_argument("--batching-parameters", type=Path, default=BATCHING_PARAMETERS)
     parser.add_argument(
@@ -124,7 +124,11 @@ def main() -> int:
     config_file = write_model_config(args.models, models_dir, args.results_dir / "models.config")
     if "server" not in args.skip:
         with model_server(
-            config_file, logs / "server.log", "--enable_model_warmup=false", *args.server_flags
+            config_file,
+            logs / "server.log",
+            "--enable_model_warmup=false",
+            "--grpc_max_threads=32",  # as many Predicts in flight as with stack.batching_flags
+            *args.server_flags,
         ) as server:
             for workload in workloads.values():
                 result.first_requests.append(first_request_latency(server.target, workload, warmup="off"))
