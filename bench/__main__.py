@@ -127,7 +127,7 @@ def main() -> int:
             config_file,
             logs / "server.log",
             "--enable_model_warmup=false",
-            "--grpc_max_threads=32",  # as many Predicts in flight as with stack.batching_flags
+            stack.GRPC_THREADS_FLAG,  # as many Predicts in flight as the batching server takes
             *args.server_flags,
         ) as server:
             for workload in workloads.values():

@@ -120,13 +120,16 @@ def stop(*processes: subprocess.Popen, grace: float = 15) -> None:
             process.wait()
 
 
+# Each Predict waiting for its batch counts against the gRPC threads: the default 8 would cap batches at 8.
+GRPC_THREADS_FLAG = "--grpc_max_threads=32"
+
+
 def batching_flags(parameters_file: Path) -> list[str]:
     """The model server's CPU batching setup, as `make serve` runs it and `make bench` measures it."""
     return [
         "--enable_batching",
         f"--batching_parameters_file={parameters_file.resolve()}",
-        # Each request waiting for its batch holds a gRPC thread: the default 8 would cap batches at 8.
-        "--grpc_max_threads=32",
+        GRPC_THREADS_FLAG,
         # One core per batch, and one batch thread per core (the parameters file leaves
         # num_batch_threads to its default, the core count): batches run side by side instead of
         # each spreading small ops over every core. On 2 cores this cut the model server's CPU per
