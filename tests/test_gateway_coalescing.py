@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.gateway.coalescing import Coalescer, CoalescingError, DeadlineExceeded
 from tests.conftest import encode
@@ -306,6 +307,43 @@ def test_a_model_whose_answer_cannot_be_split_falls_back_to_one_call_per_request
     classes, calls = four_at_once()
     assert classes == [3] * 4
     assert calls == 4  # remembered: each request now goes alone
+
+
+def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 while the series does not exist yet)."""
+    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_a_failed_shared_call_counts_once_in_the_model_server_errors(slow_stack, test_images, tmp_path):
+    """Every call to the 0.3 s model outlives a 0.2 s deadline: eight requests answer 504, and the
+    model-server error counter counts the calls that failed, not the requests they carried (nor a
+    request that gave up while queued, which made no call)."""
+    shared = slow_stack["true"]
+    gateway = GatewayProcess(shared.model_server, shared.models_dir, tmp_path / "gateway.log", env={
+        "MODELS": ",".join(MODELS), "COALESCE_PREDICTIONS": "true", "COALESCE_MAX_IN_FLIGHT": "1",
+        "REQUEST_TIMEOUT_SECONDS": "0.2",
+    })
+    gateway.start()
+    try:
+        digit = encode(test_images["mnist"][0][0])
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(
+                lambda _: requests.post(f"{gateway.url}/v1/models/slow:predict", data=digit,
+                                        headers={"Content-Type": "image/png"}, timeout=30), range(8)))
+        assert [a.status_code for a in answers] == [504] * 8
+        assert {a.json()["code"] for a in answers} == {"deadline_exceeded"}
+        calls, _ = calls_and_images(gateway, "slow")
+        errors = metric(gateway, "pixelgate_model_server_errors_total", method="Predict", code="DEADLINE_EXCEEDED")
+        assert 1 <= calls < 8  # the requests queued behind the first call shared the next
+        assert errors == calls
+        assert metric(gateway, "pixelgate_requests_total", model="slow", status="504") == 8
+    finally:
+        gateway.stop()
 
 
 def test_a_shared_calls_request_ids_are_cut_at_whole_ids_below_grpcs_metadata_limit():

@@ -155,12 +155,17 @@ class ModelServerClient:
                     request = _predict_request(name, version, {input_key: batch}, output_keys)
                     MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(batch))
                     metadata = (("x-request-id", _joined_request_ids(request_ids)),) if request_ids else None
-                    return self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
+                    future = self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
+                    future.add_done_callback(_count_failed_call)
+                    return future
 
                 try:
                     return self.coalescer.submit(key, images, self.timeout, start_call, _outputs, request_id)
                 except grpc.RpcError as error:
-                    raise _failed("Predict", error) from None
+                    # Counted once per call by _count_failed_call, not once per request it carried; a
+                    # request whose deadline passed while it queued made no call (its 504 is counted
+                    # with the gateway's requests).
+                    raise from_grpc_error(error) from None
                 except CoalescingError as error:
                     with self._not_coalesced_lock:  # each request of the failed call comes here
                         first = key not in self._not_coalesced
@@ -235,9 +240,22 @@ def _outputs(response: predict_pb2.PredictResponse) -> tuple[int, dict[str, np.n
 
 
 def _failed(method_name: str, error: grpc.RpcError) -> GatewayError:
+    _count_error(method_name, error)
+    return from_grpc_error(error)
+
+
+def _count_error(method_name: str, error: grpc.RpcError) -> None:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     MODEL_SERVER_ERRORS.labels(method_name, code.name if code else "UNKNOWN").inc()
-    return from_grpc_error(error)
+
+
+def _count_failed_call(future: grpc.Future) -> None:
+    """A shared Predict call's done-callback: its failure counted once, whatever number of requests it carried."""
+    if future.cancelled():  # the channel closed under it: the gateway is stopping
+        return
+    error = future.exception()
+    if error is not None:
+        _count_error("Predict", error)
 
 
 def _single_key(tensors, preferred: str | None, what: str, name: str) -> str:

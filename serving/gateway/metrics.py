@@ -51,7 +51,9 @@ MODEL_SERVER_BATCH_IMAGES = Histogram(
     buckets=_IMAGES_BUCKETS,
 )
 MODEL_SERVER_ERRORS = Counter(
-    "pixelgate_model_server_errors_total", "Model-server calls that failed, by gRPC code", ["method", "code"]
+    "pixelgate_model_server_errors_total",
+    "Model-server calls that failed, by gRPC code (a shared Predict call once, whatever number of requests it carried)",
+    ["method", "code"],
 )
 
 
