@@ -78,6 +78,11 @@ def test_shipped_parameter_files_parse(name):
             "max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]",
             "monotonically increasing",
         ),
+        (  # checked first in TF Serving (WrapSessionForBatching), splitting or not
+            "max_batch_size { value: 32 } enable_large_batch_splitting { value: true } "
+            "max_execution_batch_size { value: 8 } allowed_batch_sizes: [2, 4, 8]",
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 8; expected 32",
+        ),
     ],
 )
 def test_bad_parameters_are_refused(tmp_path, text, message):

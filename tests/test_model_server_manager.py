@@ -209,6 +209,39 @@ def test_a_broken_version_fails_startup_with_tf_servings_message(base_path, star
     )
 
 
+def test_startup_fails_when_the_newest_version_fails_even_if_an_older_one_loads(
+    base_path, exported, start_manager
+):
+    """TF Serving waits for Latest(model): the first version to become AVAILABLE or reach END
+    decides, and versions load newest first. A saved_model.pb that does not parse is DATA_LOSS."""
+    add_version(base_path, exported, 1)
+    (base_path / "2").mkdir()
+    (base_path / "2" / "saved_model.pb").write_bytes(b"garbage")
+    with pytest.raises(ModelServerError) as raised:
+        start_manager(config_with_policy(base_path, "all {}"))
+    assert raised.value.message == (
+        "1 model(s) did not become available: {{{name: model version: 2} due to error: DATA_LOSS: "
+        f"Can't parse {base_path / '2' / 'saved_model.pb'} as binary proto}}, }}"
+    )
+
+
+def test_one_unaspired_version_serves_until_an_aspired_one_does(base_path, exported, start_manager):
+    """AvailabilityPreservingPolicy: of the versions no longer aspired only the newest stays while
+    no aspired version loads; once one does, it goes too."""
+    for version in (1, 2):
+        add_version(base_path, exported, version)
+    manager = start_manager(config_with_policy(base_path, "latest { num_versions: 2 }"))
+    assert states(manager) == {2: AVAILABLE, 1: AVAILABLE}
+    for version in (3, 4):
+        (base_path / str(version)).mkdir()  # no saved_model.pb: both fail to load
+    manager.poll_file_system()
+    assert states(manager) == {4: END, 3: END, 2: AVAILABLE, 1: END}
+    assert ModelServerCore(manager).predict("model", {"images": random_images(1)}).version == 2
+    shutil.copytree(exported[3], base_path / "5")  # aspired now: 5, which loads, and the broken 4
+    manager.poll_file_system()
+    assert states(manager) == {5: AVAILABLE, 4: END, 3: END, 2: END, 1: END}
+
+
 def test_failed_version_is_reported_by_get_model_status(base_path, exported, start_manager):
     add_version(base_path, exported, 1)
     manager = start_manager(config_with_policy(base_path, "all {}"))

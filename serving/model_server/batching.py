@@ -139,6 +139,14 @@ class BatchingOptions:
         """TF's checks (SharedBatchScheduler::Create/AddQueue, CreateBatchingSession), its messages."""
         if self.num_batch_threads < 1:
             raise InvalidArgument(f"num_batch_threads must be positive; was {self.num_batch_threads}")
+        sizes = self.allowed_batch_sizes
+        # WrapSessionForBatching (bundle_factory_util.cc) checks this first, whether or not large
+        # batches are split; with splitting, the checks below then also want max_execution_batch_size.
+        if sizes and sizes[-1] != self.max_batch_size:
+            raise InvalidArgument(
+                "Last entry in allowed_batch_sizes must match max_batch_size; "
+                f"last entry was {sizes[-1]}; expected {self.max_batch_size}"
+            )
         if self.max_batch_size <= 0:
             raise InvalidArgument(f"input_batch_size_limit must be positive; was {self.max_batch_size}")
         if self.batch_timeout_micros < 0:
@@ -154,27 +162,15 @@ class BatchingOptions:
                 "When enable_large_batch_splitting is true, input_batch_size_limit must be greater than "
                 "or equal to max_execution_batch_size."
             )
-        sizes = self.allowed_batch_sizes
         if not sizes:
             return
         # The documented requirement; TF itself checks the order only when splitting.
         if any(later <= earlier for earlier, later in zip(sizes, sizes[1:], strict=False)):
             raise InvalidArgument("allowed_batch_sizes entries must be monotonically increasing")
-        if self.enable_large_batch_splitting:
-            if sizes[-1] > self.max_batch_size:
-                raise InvalidArgument(
-                    "Last entry in allowed_batch_sizes must be less than or equal to max_batch_size; "
-                    f"last entry was {sizes[-1]}; expected {self.max_batch_size}"
-                )
-            if sizes[-1] != self.max_execution_batch_size:
-                raise InvalidArgument(
-                    "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; "
-                    f"last entry was {sizes[-1]}; expected {self.max_execution_batch_size}"
-                )
-        elif sizes[-1] != self.max_batch_size:
+        if self.enable_large_batch_splitting and sizes[-1] != self.max_execution_batch_size:
             raise InvalidArgument(
-                "Last entry in allowed_batch_sizes must match max_batch_size; "
-                f"last entry was {sizes[-1]}; expected {self.max_batch_size}"
+                "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; "
+                f"last entry was {sizes[-1]}; expected {self.max_execution_batch_size}"
             )
 
     def execution_size(self, batch_size: int) -> int:

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 from tensorflow.python.client import pywrap_tf_session
 
 from serving.model_server import metrics
-from serving.model_server.errors import InvalidArgument, ModelServerError, NotFound, from_code
+from serving.model_server.errors import DataLoss, InvalidArgument, ModelServerError, NotFound, from_code
 from serving.model_server.run_options import in_thread, remaining_timeout_in_ms
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
@@ -160,7 +161,10 @@ def read_meta_graph_def(export_dir: str, tags: Sequence[str]) -> meta_graph_pb2.
     if not os.path.exists(path):  # text format: leave the tag check to the loader
         return meta_graph_pb2.MetaGraphDef()
     with open(path, "rb") as saved_model_file:
-        saved_model.ParseFromString(saved_model_file.read())
+        try:
+            saved_model.ParseFromString(saved_model_file.read())
+        except DecodeError:  # ReadBinaryProto()'s answer in TF's SavedModel reader
+            raise DataLoss(f"Can't parse {path} as binary proto") from None
     for meta_graph_def in saved_model.meta_graphs:
         if set(meta_graph_def.meta_info_def.tags) == set(tags):
             return meta_graph_def

@@ -73,6 +73,9 @@ class ModelManager:
         self._serving: dict[str, dict[int, SavedModelBundle]] = {}
         self._states: dict[str, dict[int, VersionStatus]] = {}
         self._failed: dict[str, set[int]] = {}  # failed while aspired: not retried until unaspired
+        # Per model added by a config: the first version to become AVAILABLE or reach END since,
+        # which decides whether the model became available (ServableStateMonitor, below).
+        self._first_settled: dict[str, tuple[int, VersionStatus]] = {}
         self._labels: dict[str, dict[str, int]] | None = None
         self._lock = threading.Lock()  # guards the maps above; held only briefly
         self._changed = threading.Condition(self._lock)
@@ -136,6 +139,9 @@ class ModelManager:
             config = validate_model_server_config(new_config)
             new_models = set(_names(config)) - set(self.model_names())
             self._update_labels(config)
+            with self._lock:
+                for name in new_models:
+                    self._first_settled.pop(name, None)
             self.config = config
             logger.info("Adding/updating models.")
             self.poll_file_system()
@@ -165,28 +171,28 @@ class ModelManager:
             self._labels = labels
 
     def _wait_until_available(self, model_names: set[str]) -> None:
-        # ServerCore::WaitUntilModelsAvailable(): no timeout, like TF Serving's default.
-        with self._changed:
-            while True:
-                pending = [name for name in model_names if not self._serving.get(name)]
-                failed = {name: self._last_failure(name) for name in pending}
-                if not pending or all(failed.values()) or self._stopping.is_set():
-                    break
-                self._changed.wait(timeout=1.0)
-        if pending:
-            details = "".join(f"{{{failure}}}, " for failure in failed.values() if failure)
-            raise ModelServerError(f"{len(pending)} model(s) did not become available: {{{details}}}")
+        """ServerCore::WaitUntilModelsAvailable(): no timeout, like TF Serving's default.
 
-    def _last_failure(self, model_name: str) -> str:
-        """'{name: m version: 2} due to error: ...' for a failed version, if loading is over."""
-        states = self._states.get(model_name, {})
-        if not states or any(status.state < VersionState.AVAILABLE for status in states.values()):
-            return ""
-        for version in sorted(states, reverse=True):
-            error = states[version].error
-            if error is not None:
-                return f"{servable_id(model_name, version)} due to error: {error}"
-        return ""
+        Its ServableStateMonitor waits for Latest(model): the first version of each model to
+        become AVAILABLE or reach END decides. Versions load newest first, so when the newest
+        fails, the model did not become available, even if an older version loads after it.
+        """
+        with self._changed:
+            while not self._stopping.is_set() and not model_names <= self._first_settled.keys():
+                self._changed.wait(timeout=1.0)
+            settled = {name: self._first_settled.get(name) for name in model_names}
+        unavailable = sorted(
+            ((name, entry) for name, entry in settled.items()
+             if entry is None or entry[1].state != VersionState.AVAILABLE),
+            key=lambda item: item[0],
+        )
+        if unavailable:
+            details = "".join(
+                f"{{{servable_id(name, entry[0])}"
+                + (f" due to error: {entry[1].error}" if entry[1].error is not None else "") + "}, "
+                for name, entry in unavailable if entry is not None
+            )
+            raise ModelServerError(f"{len(unavailable)} model(s) did not become available: {{{details}}}")
 
     # File-system polling ------------------------------------------------------------
 
@@ -233,21 +239,28 @@ class ModelManager:
         failed = self._failed.setdefault(model_name, set())
         failed.intersection_update(aspired)
         loaded = set(self._serving.get(model_name, {}))
-        changed = False
+        changed = self._unload_unaspired(model_name, set(aspired))
         for version in sorted(set(aspired) - loaded - failed, reverse=True):
             if self._stopping.is_set():
                 return changed
             changed = True
             if not self._load_version(model_name, version, aspired[version]):
                 failed.add(version)
-        # Unload what is no longer aspired only once an aspired version serves, so a
-        # model is never left without one (AvailabilityPreservingPolicy).
-        available = set(self._serving.get(model_name, {}))
-        if not aspired or available & set(aspired):
-            for version in sorted(available - set(aspired)):
-                self._unload_version(model_name, version)
-                changed = True
+            self._unload_unaspired(model_name, set(aspired))
         return changed
+
+    def _unload_unaspired(self, model_name: str, aspired: set[int]) -> bool:
+        """AvailabilityPreservingPolicy, asked before each load and after: unload the lowest version
+        no longer aspired while no version is aspired, an aspired one serves, or more than one
+        unaspired version serves; so the model keeps one version serving until an aspired one does."""
+        changed = False
+        while True:
+            available = set(self._serving.get(model_name, {}))
+            unaspired = sorted(available - aspired)
+            if not unaspired or not (not aspired or available & aspired or len(unaspired) > 1):
+                return changed
+            self._unload_version(model_name, unaspired[0])
+            changed = True
 
     # Loading and unloading ----------------------------------------------------------
 
@@ -335,6 +348,8 @@ class ModelManager:
 
     def _set_state_locked(self, model_name: str, version: int, status: VersionStatus) -> None:
         self._states.setdefault(model_name, {})[version] = status
+        if status.state in (VersionState.AVAILABLE, VersionState.END):
+            self._first_settled.setdefault(model_name, (version, status))
         self._changed.notify_all()
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ import tensorflow as tf
 from serving.model_server import metrics
 from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from serving.model_server.tensor_encoding import OpaqueTensor
 from serving.protos.tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
@@ -127,8 +128,9 @@ def _input_values(
                 f"or default input alias set: {_join(signature.defaults)}"
             )
         try:
-            array = np.asarray(decoder(value))
-        except (TypeError, ValueError):
+            decoded = decoder(value)
+            array = decoded if isinstance(decoded, OpaqueTensor) else np.asarray(decoded)
+        except (TypeError, ValueError, KeyError):  # KeyError: a type tf.make_ndarray has no NumPy type for
             raise InvalidArgument(f"tensor parsing error: {alias}") from None
         feeds.append((info, array))
     if inputs and len(used) != len(inputs):
@@ -168,11 +170,13 @@ def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, np.ndarray]], bund
     static shape binds nothing, TF Serving feeds it any shape, and so does this.
     """
     for index, (info, array) in enumerate(feeds):
-        provided = _data_type(array)
+        provided = array.data_type if isinstance(array, OpaqueTensor) else _data_type(array)
         if provided != info.dtype:
             raise InvalidArgument(
                 f"Expects arg[{index}] to be {_type_name(info.dtype)} but {_type_name(provided)} is provided"
             )
+        if isinstance(array, OpaqueTensor):  # a signature input of that type: nothing to feed it from Python
+            raise Unimplemented(f"Feeding a {_type_name(provided)} tensor to arg[{index}] is not supported")
     for info, array in feeds:
         if not _shape_fits(info.tensor_shape, array.shape) and bundle.is_placeholder(info.name):
             raise InvalidArgument(

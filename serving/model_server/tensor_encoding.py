@@ -7,6 +7,8 @@ with --enable_serialization_as_tensor_content it writes raw `tensor_content`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -30,17 +32,50 @@ _VALUE_FIELD = {
 }
 
 
-def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
+# TensorShape::MaxDimensions(): Tensor::FromProto refuses a shape with more dimensions.
+_MAX_DIMS = 254
+_INT64_MAX = 2**63 - 1
+# Types TensorFlow parses from a request but NumPy cannot hold.
+_OPAQUE_TYPES = frozenset({types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT})
+
+
+class OpaqueTensor(NamedTuple):
+    """A request tensor of type DT_RESOURCE or DT_VARIANT. TF Serving parses it, then Session::Run
+    refuses it fed to any other type ("Expects arg[0] to be float but resource is provided"):
+    its type is all the checks need."""
+
+    data_type: int
+
+
+def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray | OpaqueTensor:
     """tf.make_ndarray, with raw numeric `tensor_content` (what clients send) read by NumPy.
 
     Same values, shape and dtype, and the same ValueError on a malformed tensor, at a tenth
     of the cost: this runs once per request. The array is a read-only view of the request's
     bytes (nothing downstream writes to a feed). Typed value fields, strings and rarer
-    types go through TensorFlow.
+    types go through TensorFlow. A shape Tensor::FromProto refuses (a negative size, which
+    NumPy's reshape would fill in, over 254 dimensions, or more elements than an int64
+    counts) is a ValueError too.
     """
+    _check_shape(proto.tensor_shape)
     if proto.tensor_content and proto.dtype in tensors.NUMERIC_DTYPES:
         return tensors.make_ndarray(proto)
+    if proto.dtype in _OPAQUE_TYPES:
+        return OpaqueTensor(proto.dtype)
     return tf.make_ndarray(proto)
+
+
+def _check_shape(shape: tensor_shape_pb2.TensorShapeProto) -> None:
+    """TensorShape::IsValid(proto) for a full (not partial) shape."""
+    if len(shape.dim) > _MAX_DIMS:
+        raise ValueError(f"a tensor shape has at most {_MAX_DIMS} dimensions")
+    elements = 1
+    for dim in shape.dim:
+        if dim.size < 0:
+            raise ValueError(f"negative dimension size {dim.size}")
+        elements *= dim.size
+        if elements > _INT64_MAX:
+            raise ValueError("the shape has more elements than an int64 counts")
 
 
 def encode_tensor(array: np.ndarray, as_tensor_content: bool = False) -> tensor_pb2.TensorProto:
