@@ -182,8 +182,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         wait_for_models(f"127.0.0.1:{args.grpc_port}", names, model_server)
+        # The gateway serves the models the config file lists, not every folder under --models-dir.
         gateway = start_gateway(args.http_port, f"127.0.0.1:{args.grpc_port}", Path(args.models_dir).resolve(),
-                                host=args.host)
+                                host=args.host, env={"MODELS": os.environ.get("MODELS") or ",".join(names)})
         ready = wait_for_http(f"http://127.0.0.1:{args.http_port}/readyz", gateway)
         url = f"http://localhost:{args.http_port}"
         rest = f"  model server (REST, TF Serving API): http://localhost:{args.rest_port}\n" if args.rest_port else ""

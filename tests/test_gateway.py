@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 
+from serving import stack
 from tests.conftest import MODEL_NAMES, encode
 
 CLASS_NAMES = {
@@ -46,6 +51,22 @@ def test_predictions_match_the_exported_model(gateway_url, test_images, direct_m
         probabilities = [entry["probability"] for entry in prediction["top_k"]]
         assert probabilities == sorted(probabilities, reverse=True)
         assert prediction["top_k"][0]["label"] == prediction["label"]
+
+
+@pytest.mark.parametrize("count", [33, 64])
+def test_more_images_than_one_predict_call_holds_are_answered_in_order(gateway_url, test_images, direct_model,
+                                                                      count):
+    """The model server (max_batch_size 32, as `make serve` runs it) refuses a larger call: the
+    gateway sends the request as calls of 32 at most and joins their answers in order."""
+    images, _ = test_images["cifar10"]
+    response = predict(gateway_url, "cifar10", files=[("image", encode(image)) for image in images[:count]])
+    assert response.status_code == 200, response.text
+    expected = direct_model["cifar10"](images[:count].astype(np.float32) / 255)
+    predictions = response.json()["predictions"]
+    assert len(predictions) == count
+    for prediction, probabilities in zip(predictions, expected, strict=True):
+        assert prediction["class_index"] == int(np.argmax(probabilities))
+        assert prediction["probability"] == pytest.approx(float(probabilities.max()), abs=1e-5)
 
 
 def test_mnist_digits_get_their_right_label(gateway_url, test_images):
@@ -152,3 +173,55 @@ def test_request_id_is_returned(gateway_url):
     response = requests.get(f"{gateway_url}/healthz", headers={"X-Request-ID": "abc-123"}, timeout=5)
     assert response.headers["X-Request-ID"] == "abc-123"
     assert json.loads(response.text) == {"status": "ok"}
+
+
+def test_a_model_with_unusable_preprocessing_assets_is_unavailable_not_a_500(model_server, models_dir, tmp_path,
+                                                                             test_images):
+    """A version whose preprocessing.json names no known mode: the gateway lists it UNAVAILABLE,
+    answers its predictions 503 with a JSON error, is not ready, and serves the other models."""
+    from tests.gateway_stack import GatewayProcess
+
+    base = tmp_path / "models"
+    for name in MODEL_NAMES:
+        shutil.copytree(models_dir / name, base / name)
+    spec_path = base / "mnist" / "1" / "assets" / "preprocessing.json"
+    spec_path.write_text(json.dumps({**json.loads(spec_path.read_text()), "mode": "no-such-mode"}))
+    gateway = GatewayProcess(model_server, base, tmp_path / "gateway.log")
+    gateway.start()
+    try:
+        listed = requests.get(f"{gateway.url}/v1/models", timeout=30)
+        assert listed.status_code == 200
+        states = {entry["name"]: entry for entry in listed.json()["models"]}
+        assert states["mnist"]["state"] == "UNAVAILABLE" and "preprocessing.json" in states["mnist"]["error"]
+        assert {states[name]["state"] for name in ("fashion_mnist", "cifar10")} == {"AVAILABLE"}
+        answer = predict(gateway.url, "mnist", files={"image": encode(test_images["mnist"][0][0])})
+        assert (answer.status_code, answer.json()["code"]) == (503, "model_misconfigured")
+        assert "no-such-mode" in answer.json()["error"]
+        ready = requests.get(f"{gateway.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["models"]["mnist"].startswith("UNAVAILABLE: ")
+        other = predict(gateway.url, "cifar10", files={"image": encode(test_images["cifar10"][0][0])})
+        assert other.status_code == 200
+    finally:
+        gateway.stop()
+
+
+def test_the_stack_serves_the_models_its_config_lists(models_dir, tmp_path):
+    """`python -m serving.stack` (make serve) with a config of one model over a folder of three:
+    the gateway serves that one and is ready, instead of waiting for models nobody loads."""
+    config = tmp_path / "one.config"
+    config.write_text(f'model_config_list {{ config {{ name: "mnist" base_path: "{models_dir / "mnist"}" '
+                      'model_platform: "tensorflow" } }\n')
+    grpc_port, http_port = stack.free_port(), stack.free_port()
+    environment = {key: value for key, value in os.environ.items() if key != "MODELS"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.stack", f"--model-config-file={config}", f"--models-dir={models_dir}",
+         f"--grpc-port={grpc_port}", f"--http-port={http_port}", "--rest-port=0", "--host=127.0.0.1"],
+        cwd=stack.ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = stack.wait_for_http(f"http://127.0.0.1:{http_port}/readyz", process, timeout=120)
+        assert ready == {"ready": True, "models": {"mnist": "AVAILABLE"}}
+        listed = requests.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=30).json()["models"]
+        assert [entry["name"] for entry in listed] == ["mnist"]
+    finally:
+        stack.stop(process, grace=30)

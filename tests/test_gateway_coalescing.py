@@ -309,6 +309,15 @@ def test_a_model_whose_answer_cannot_be_split_falls_back_to_one_call_per_request
     assert calls == 4  # remembered: each request now goes alone
 
 
+def test_several_images_to_a_model_without_one_row_per_image_answer_503(slow_stack, test_images):
+    """Its answer cannot be told apart by image: a clear error, not rows cut out of one answer."""
+    digit = encode(test_images["mnist"][0][0])
+    response = requests.post(f"{slow_stack['true'].url}/v1/models/pooled:predict",
+                             files=[("image", digit), ("image", digit)], timeout=30)
+    assert (response.status_code, response.json()["code"]) == (503, "model_misconfigured")
+    assert "one row per image" in response.json()["error"]
+
+
 def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
     """One sample of the gateway's /metrics (0 while the series does not exist yet)."""
     text = requests.get(f"{gateway.url}/metrics", timeout=10).text

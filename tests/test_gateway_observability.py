@@ -79,6 +79,24 @@ def test_a_request_id_is_honoured_returned_and_logged_once(secured_gateway):
     assert entry["duration_ms"] >= entry["preprocess_ms"] + entry["model_server_ms"] > 0
 
 
+def test_a_chunked_upload_is_logged_and_measured_with_the_bytes_it_sent(secured_gateway):
+    """No Content-Length: the log line's request_bytes and the size metric count what was read."""
+    def bytes_sum() -> float:
+        text = requests.get(f"{secured_gateway.url}/metrics", timeout=TIMEOUT).text
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == "pixelgate_request_bytes_sum" and sample.labels.get("endpoint") == PREDICT)
+
+    before = bytes_sum()
+    request_id = f"test-{uuid.uuid4()}"
+    halves = iter([DIGIT[: len(DIGIT) // 2], DIGIT[len(DIGIT) // 2 :]])  # a generator: requests sends it chunked
+    response = _post(secured_gateway.url, data=halves, headers={"X-Request-ID": request_id})
+    assert response.status_code == 200, response.text
+    assert "Content-Length" not in response.request.headers and response.request.headers["Transfer-Encoding"] == "chunked"
+    [entry] = _log_entries(secured_gateway, request_id)
+    assert entry["request_bytes"] == len(DIGIT)
+    assert bytes_sum() - before == len(DIGIT)
+
+
 def test_errors_are_logged_with_their_code(secured_gateway):
     request_id = f"test-{uuid.uuid4()}"
     response = _post(secured_gateway.url, data=b"not an image", headers={"X-Request-ID": request_id})

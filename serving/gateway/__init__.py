@@ -38,11 +38,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
     coalescer = (
-        Coalescer(app.config["COALESCE_MAX_IMAGES"], app.config["COALESCE_MAX_IN_FLIGHT"])
+        Coalescer(app.config["MAX_IMAGES_PER_CALL"], app.config["COALESCE_MAX_IN_FLIGHT"])
         if app.config["COALESCE_PREDICTIONS"] else None
     )
     client = ModelServerClient(app.config["MODEL_SERVER"], app.config["REQUEST_TIMEOUT_SECONDS"],
-                               TlsSettings.from_config(app.config), coalescer)
+                               TlsSettings.from_config(app.config), coalescer,
+                               app.config["MAX_IMAGES_PER_CALL"])
     names = [n.strip() for n in app.config["MODELS"].split(",") if n.strip()]
     app.extensions["pixelgate.client"] = client
     app.extensions["pixelgate.catalog"] = ModelCatalog(

@@ -20,6 +20,7 @@ from serving.gateway.coalescing import Coalescer, CoalescingError
 from serving.gateway.errors import (
     GatewayError,
     InvalidRequestError,
+    ModelMisconfiguredError,
     ModelNotFoundError,
     ModelServerUnavailableError,
     from_grpc_error,
@@ -119,9 +120,12 @@ class ModelServerClient:
     """
 
     def __init__(self, target: str, timeout: float, tls: TlsSettings | None = None,
-                 coalescer: Coalescer | None = None):
+                 coalescer: Coalescer | None = None, max_images_per_call: int = 32):
+        if max_images_per_call < 1:
+            raise ValueError("max_images_per_call must be at least 1")
         self.target = target
         self.timeout = timeout
+        self.max_images_per_call = max_images_per_call
         self.channel = create_channel(target, tls)
         self.coalescer = coalescer
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -147,6 +151,10 @@ class ModelServerClient:
         request_id: str = "",
     ) -> tuple[int, dict[str, np.ndarray]]:
         deadline = time.monotonic() + self.timeout
+        if len(inputs) == 1 and len(next(iter(inputs.values()))) > self.max_images_per_call:
+            answer = self._predict_in_parts(name, version, inputs, output_keys, request_id, deadline)
+            if answer is not None:
+                return answer
         if self.coalescer is not None and len(inputs) == 1:
             (input_key, images), = inputs.items()
             key = (name, version, input_key, tuple(output_keys), images.shape[1:], images.dtype.str)
@@ -181,6 +189,41 @@ class ModelServerClient:
         remaining = max(deadline - time.monotonic(), 0.001)
         response = self._call("Predict", request, timeout=remaining, request_id=request_id)
         return _outputs(response)
+
+    def _predict_in_parts(
+        self, name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str],
+        request_id: str, deadline: float,
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """A request with more images than one call may carry (the model server's max_batch_size
+        refuses a larger one) as calls of at most max_images_per_call, sent at once, their answers
+        joined in order; None when the answers are not one row per image (then one call it is)."""
+        (input_key, images), = inputs.items()
+        parts = [images[start:start + self.max_images_per_call]
+                 for start in range(0, len(images), self.max_images_per_call)]
+        metadata = (("x-request-id", request_id),) if request_id else None
+        calls = []
+        for part in parts:
+            request = _predict_request(name, version, {input_key: part}, output_keys)
+            MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(part))
+            call = self._prediction.Predict.future(
+                request, timeout=max(deadline - time.monotonic(), 0.001), metadata=metadata)
+            call.add_done_callback(_count_failed_call)
+            calls.append(call)
+        try:
+            answers = [_outputs(call.result()) for call in calls]
+        except grpc.RpcError as error:
+            for call in calls:
+                call.cancel()  # the request has failed: the other parts need not run
+            raise from_grpc_error(error) from None
+        except grpc.FutureCancelledError:  # the channel closed under the calls: shutting down
+            raise ModelServerUnavailableError("model server unavailable: the call was cancelled") from None
+        outputs = {}
+        for key in answers[0][1]:
+            arrays = [outputs_of_part[key] for _, outputs_of_part in answers]
+            if any(array.ndim == 0 or len(array) != len(part) for array, part in zip(arrays, parts, strict=True)):
+                return None
+            outputs[key] = np.concatenate(arrays)
+        return answers[0][0], outputs
 
     def signature(
         self, name: str, version: int | None = None, label: str | None = None
@@ -259,7 +302,7 @@ def _count_failed_call(future: grpc.Future) -> None:
 
 
 def _single_key(tensors, preferred: str | None, what: str, name: str) -> str:
-    if preferred and preferred in tensors:
+    if isinstance(preferred, str) and preferred in tensors:
         return preferred
     if len(tensors) == 1:
         return next(iter(tensors))
@@ -337,12 +380,19 @@ class ModelCatalog:
     def _build_info(self, name: str, version: int, signature: meta_graph_pb2.SignatureDef) -> ModelInfo:
         assets = self.base_path / name / str(version) / "assets"
         spec_values = _read_json(assets / "preprocessing.json")
+        if not isinstance(spec_values, dict):
+            raise ModelMisconfiguredError(
+                f"model '{name}' version {version}: assets/preprocessing.json is not a JSON object")
         input_key = _single_key(signature.inputs, spec_values.get("input_key"), "input", name)
         output_key = _single_key(signature.outputs, spec_values.get("output_key"), "output", name)
         dims = [d.size for d in signature.inputs[input_key].tensor_shape.dim]
         if len(dims) != 4:
             raise ModelNotFoundError(f"model '{name}' takes input of rank {len(dims)}, not an image batch [N,H,W,C]")
-        spec = PreprocessingSpec.from_mapping(spec_values, height=dims[1], width=dims[2], channels=dims[3])
+        try:
+            spec = PreprocessingSpec.from_mapping(spec_values, height=dims[1], width=dims[2], channels=dims[3])
+        except (TypeError, ValueError) as error:
+            raise ModelMisconfiguredError(
+                f"model '{name}' version {version}: assets/preprocessing.json cannot be used: {error}") from None
         output_dims = [d.size for d in signature.outputs[output_key].tensor_shape.dim]
         class_count = max(output_dims[-1], 0) if output_dims else 0  # -1: unknown until it answers
         classes = _read_labels(assets / "labels.txt") or tuple(str(i) for i in range(class_count))

@@ -14,6 +14,9 @@ DEFAULTS: dict[str, Any] = {
     "READINESS_TIMEOUT_SECONDS": 2.0,  # deadline of /readyz's status calls: a probe must answer fast
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body (413 beyond)
     "MAX_IMAGES_PER_REQUEST": 64,
+    # Images in one Predict call, shared or not; keep <= the model server's max_batch_size, which
+    # refuses a larger call: a request with more images is sent as several calls at once.
+    "MAX_IMAGES_PER_CALL": 32,
     "MAX_IMAGE_PIXELS": 40_000_000,  # per decoded image: guards against decompression bombs
     "MAX_IMAGE_SIDE": 20_000,  # per image side, in pixels
     "MAX_REQUEST_PIXELS": 200_000_000,  # all images of one request together: bounds its decoding time
@@ -22,7 +25,6 @@ DEFAULTS: dict[str, Any] = {
     "METADATA_TTL_SECONDS": 2.0,  # how long a resolved "latest version" is reused
     # Concurrent predictions of one model version share Predict calls (group commit, no timer):
     "COALESCE_PREDICTIONS": True,
-    "COALESCE_MAX_IMAGES": 32,  # images per shared call; keep <= the model server's max_batch_size
     "COALESCE_MAX_IN_FLIGHT": 1,  # shared calls per model version and worker at once
     "GATEWAY_TOKENS": "",  # comma-separated bearer tokens; with GATEWAY_TOKENS_FILE empty too, no auth
     "GATEWAY_TOKENS_FILE": "",  # file with one bearer token per line ('#' comments), re-read when it changes

@@ -49,6 +49,12 @@ class ModelServerUnavailableError(GatewayError):
     status, code = 503, "model_server_unavailable"
 
 
+class ModelMisconfiguredError(GatewayError):
+    """The model serves, but its exported assets (preprocessing.json) do not say how to feed it."""
+
+    status, code = 503, "model_misconfigured"
+
+
 class DeadlineExceededError(GatewayError):
     status, code = 504, "deadline_exceeded"
 

@@ -41,6 +41,9 @@ def register(app: Flask, authenticator: TokenAuthenticator) -> None:
         state.request_id = _incoming_request_id(current.headers)
         metrics.IN_FLIGHT.inc()
         state.in_flight = True
+        if current.content_length is None and "wsgi.input_terminated" in current.environ:
+            # A chunked body has no Content-Length: count what is read of it, for the log and metrics.
+            state.counted_input = current.environ["wsgi.input"] = _CountingInput(current.environ["wsgi.input"])
         if authenticator.enabled:
             authenticator.check(current.path, current.headers.get("Authorization"))
 
@@ -50,7 +53,8 @@ def register(app: Flask, authenticator: TokenAuthenticator) -> None:
         elapsed = time.perf_counter() - state.get("started", time.perf_counter())
         endpoint = current.url_rule.rule if current.url_rule else "unmatched"
         model, version = state.get("model", ""), state.get("version", "")
-        status, content_length = response.status_code, current.content_length
+        status, content_length = response.status_code, _body_bytes(current, state)
+        state.body_bytes = content_length
         metrics.REQUESTS.labels(endpoint, model, str(status), str(version)).inc()
         metrics.LATENCY.labels(endpoint).observe(elapsed)
         if content_length:
@@ -84,10 +88,39 @@ def _log_request(current, state, response: Response, endpoint: str, elapsed: flo
         "model": state.get("model", ""),
         "version": state.get("version", ""),
         "images": state.get("images", 0),
-        "request_bytes": current.content_length or 0,
+        "request_bytes": state.get("body_bytes", 0),
         "duration_ms": round(elapsed * 1000, 2),
         "preprocess_ms": round(state.get("preprocess_seconds", 0.0) * 1000, 2),
         "model_server_ms": round(state.get("model_server_seconds", 0.0) * 1000, 2),
         "remote_addr": current.remote_addr or "",
     }
     logger.info("%s %s %d", current.method, path, response.status_code, extra={"fields": fields})
+
+
+class _CountingInput:
+    """A WSGI input stream that counts the bytes read from it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._stream.readline(size)
+        self.count += len(data)
+        return data
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def _body_bytes(current, state) -> int:
+    """The body's size: its Content-Length, or for a chunked body what was read of it."""
+    if current.content_length is not None:
+        return current.content_length
+    counted = state.get("counted_input")
+    return counted.count if counted is not None else 0

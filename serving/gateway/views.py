@@ -13,7 +13,13 @@ from werkzeug.exceptions import MethodNotAllowed
 from serving.gateway import metrics
 from serving.gateway.backend import ModelCatalog, ModelInfo, ModelServerClient
 from serving.gateway.content_normalization import Framing
-from serving.gateway.errors import GatewayError, InvalidImageError, InvalidRequestError, ModelNotFoundError
+from serving.gateway.errors import (
+    GatewayError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModelMisconfiguredError,
+    ModelNotFoundError,
+)
 from serving.gateway.limits import ImageLimits, check_image_sizes
 from serving.gateway.preprocess import model_input_png, preprocess_images_explained
 from serving.gateway.request_hooks import request_id
@@ -92,7 +98,12 @@ def predict(name: str):
     state.model_server_seconds = time.perf_counter() - started
     state.version = version
     metrics.MODEL_SERVER_SECONDS.labels(name).observe(state.model_server_seconds)
-    probabilities = outputs[info.output_key].reshape(len(images), -1)
+    probabilities = outputs[info.output_key]
+    if len(images) > 1 and (probabilities.ndim == 0 or len(probabilities) != len(images)):
+        raise ModelMisconfiguredError(
+            f"model '{name}' answered output '{info.output_key}' of shape {list(probabilities.shape)} for "
+            f"{len(images)} image(s); the gateway needs one row per image")
+    probabilities = probabilities.reshape(len(images), -1)
     current.environ["pixelgate.model"] = (name, version)
     predictions = top_predictions(probabilities, info.classes, options.top_k)
     if debug:
@@ -163,6 +174,8 @@ def readyz():
         try:
             states = {v.state for v in _client().status(name, current_app.config["READINESS_TIMEOUT_SECONDS"])}
             models[name] = "AVAILABLE" if "AVAILABLE" in states else (", ".join(sorted(states)) or "NO_VERSIONS")
+            if models[name] == "AVAILABLE":
+                catalog.resolve(name)  # served, but can the gateway feed it? (cached once it can)
         except GatewayError as error:
             models[name] = f"UNAVAILABLE: {error.message}"
         ready = ready and models[name] == "AVAILABLE"
