@@ -5,9 +5,11 @@ helpers the tests use to start each: subprocesses on loopback, waited on until r
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,7 +62,9 @@ def start_model_server(port: int, config_file: str | Path, *extra_flags: str, **
 
 def start_gateway(port: int, model_server: str, models_dir: str | Path, *, host: str = "127.0.0.1",
                   env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    # The workers' metric files, added up by /metrics; removed when this process exits.
     metrics_dir = tempfile.mkdtemp(prefix="pixelgate-metrics-")
+    atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     environment = {**os.environ, "MODEL_SERVER": model_server, "MODEL_BASE_PATH": str(models_dir),
                    "GATEWAY_HOST": host, "GATEWAY_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
                    **(env or {})}
