@@ -146,6 +146,59 @@ def test_dropped_connections_are_retried_then_reported():
     assert server.connections == 3
 
 
+class MisconfiguredModelServer:
+    """An HTTP server that answers every request 503 `model_misconfigured`, as the gateway does
+    for a model whose export it cannot use, and counts the requests."""
+
+    def __init__(self):
+        import http.server
+
+        counter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                counter.requests += 1
+                body = b'{"error": "model \'mnist\' version 1: unusable", "code": "model_misconfigured"}'
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_misconfigured_model_is_not_retried(test_images, caplog):
+    server = MisconfiguredModelServer()
+    digit = encode(test_images["mnist"][0][0])
+    try:
+        with caplog.at_level(logging.INFO, logger="pixelgate"), Client(server.url, retries=3, backoff=0.01) as client:
+            with pytest.raises(PixelgateError) as raised:
+                client.predict(digit, model="mnist")
+        assert (raised.value.status, raised.value.code) == (503, "model_misconfigured")
+
+        async def ask_async() -> None:
+            async with AsyncClient(server.url, retries=3, backoff=0.01) as async_client:
+                await async_client.predict(digit, model="mnist")
+
+        with caplog.at_level(logging.INFO, logger="pixelgate"), pytest.raises(PixelgateError):
+            asyncio.run(ask_async())
+        assert server.requests == 2 and retries_logged(caplog) == 0
+    finally:
+        server.close()
+
+
 def test_a_slow_answer_is_a_timeout_and_is_not_retried():
     server = DroppingServer(answer_never=True)
     try:

@@ -72,7 +72,7 @@ class Client:
                     raise error from None
                 reason = error.code
             else:
-                if not _protocol.should_retry_status(response.status_code) or attempt == policy.retries:
+                if not _protocol.should_retry(response) or attempt == policy.retries:
                     _protocol.raise_for_error(response)
                     return response
                 reason = f"HTTP {response.status_code}"

@@ -55,8 +55,18 @@ def timeout_option(timeout: float | None) -> float | httpx._client.UseClientDefa
     return httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
 
 
-def should_retry_status(status: int) -> bool:
-    return status in RETRY_STATUSES
+# 503s that another attempt cannot change: the model's export is unusable until someone fixes it.
+PERMANENT_ERROR_CODES = frozenset({"model_misconfigured"})
+
+
+def should_retry(response: httpx.Response) -> bool:
+    if response.status_code not in RETRY_STATUSES:
+        return False
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):  # not JSON, or not an object: a proxy's page
+        return True
+    return code not in PERMANENT_ERROR_CODES
 
 
 def transport_error(error: httpx.TransportError, base_url: object) -> tuple[PixelgateError, bool]:
