@@ -28,6 +28,15 @@ def encode(array: np.ndarray, image_format: str = "PNG", **options) -> bytes:
     return buffer.getvalue()
 
 
+def send_json(handler, status: int, body: bytes) -> None:
+    """Answer an http.server request handler's request with a JSON body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.fixture(scope="session")
 def test_images():
     """name -> (uint8 images [N,H,W,C], labels [N]): the first images of each real test set."""

@@ -16,7 +16,7 @@ import pytest
 from pixelgate import AsyncClient, Client, PixelgateError
 
 from serving import stack
-from tests.conftest import encode
+from tests.conftest import encode, send_json
 
 
 def retries_logged(caplog) -> int:
@@ -159,12 +159,7 @@ class MisconfiguredModelServer:
             def do_POST(self):  # noqa: N802 - http.server's name
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 counter.requests += 1
-                body = b'{"error": "model \'mnist\' version 1: unusable", "code": "model_misconfigured"}'
-                self.send_response(503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, 503, b'{"error": "model \'mnist\' version 1: unusable", "code": "model_misconfigured"}')
 
             def log_message(self, *args):
                 pass

@@ -25,6 +25,7 @@ from serving.config.monitoring_config_pb2 import MonitoringConfig
 from serving.model_server.flags import FLAGS, parse_command_line
 from serving.protos.tensorflow_serving.apis import get_model_status_pb2
 from serving.stack import free_port, stop, wait_for_models
+from tests.conftest import send_json
 from tests.deployment_files import (
     COMPOSE_VARIANTS,
     CONFIG,
@@ -258,11 +259,7 @@ def status_server(states: dict[str, str]) -> http.server.HTTPServer:
             else:
                 error = {"error": f"Servable not found for request: Latest({name})"}
                 body, status = json.dumps(error).encode(), 404
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, status, body)
 
         def log_message(self, *args):
             pass
