@@ -242,6 +242,28 @@ def test_one_unaspired_version_serves_until_an_aspired_one_does(base_path, expor
     assert states(manager) == {5: AVAILABLE, 4: END, 3: END, 2: END, 1: END}
 
 
+def test_load_retries_stop_once_the_version_is_no_longer_aspired(base_path, exported, start_manager, caplog):
+    add_version(base_path, exported, 1)
+    options = ServerOptions(file_system_poll_wait_seconds=0, max_num_load_retries=3,
+                            load_retry_interval_micros=3_000_000)
+    manager = start_manager(build_single_model_config("model", str(base_path)), options)
+    (base_path / "2").mkdir()  # no saved_model.pb: every attempt fails
+    poll = threading.Thread(target=manager.poll_file_system)
+    with caplog.at_level(logging.INFO, logger="serving.model_server.manager"):
+        started = time.monotonic()
+        poll.start()
+        deadline = time.monotonic() + 30
+        while "failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (base_path / "2").rmdir()  # during the first wait between attempts
+        poll.join(timeout=60)
+        elapsed = time.monotonic() - started
+    assert "Retrying of Loading servable: {name: model version: 2} was cancelled." in caplog.text
+    assert caplog.text.count("Loading servable version {name: model version: 2} from") == 2
+    assert elapsed < 9  # 4 attempts 3 s apart take 9 s
+    assert states(manager) == {2: END, 1: AVAILABLE}
+
+
 def test_failed_version_is_reported_by_get_model_status(base_path, exported, start_manager):
     add_version(base_path, exported, 1)
     manager = start_manager(config_with_policy(base_path, "all {}"))

@@ -294,6 +294,10 @@ class ModelManager:
                 logger.exception("Unexpected error loading %s", servable_id(model_name, version))
                 error = ModelServerError(str(load_error))
             if attempt < retries:
+                if not self._still_aspired(model_name, version):
+                    # AspiredVersionsManager cancels the retries of a version no longer aspired.
+                    logger.info("Retrying of Loading servable: %s was cancelled.", servable_id(model_name, version))
+                    break
                 logger.warning(
                     "Loading servable version %s failed: %s; retrying",
                     servable_id(model_name, version),
@@ -302,6 +306,17 @@ class ModelManager:
                 if self._stopping.wait(max(self.options.load_retry_interval_micros, 0) / 1e6):
                     break
         return None, error
+
+    def _still_aspired(self, model_name: str, version: int) -> bool:
+        """Whether the version policy still asks for `version`, reading the base path again (the
+        poll that would tell waits for this load to end)."""
+        for model in self.config.model_config_list.config:
+            if model.name == model_name:
+                try:
+                    return version in aspired_versions(model)
+                except ModelServerError:  # unreadable now: a poll would change nothing either
+                    return True
+        return False
 
     def _load_bundle(self, model_name: str, version: int, path: str) -> SavedModelBundle:
         logger.info("Loading servable version %s from %s", servable_id(model_name, version), path)
