@@ -5,6 +5,7 @@ all with tiny models. Metrics and pictures: test_training_report.py; recipes: te
 
 import gzip
 import json
+import logging
 import os
 import pickle
 import re
@@ -106,6 +107,42 @@ def test_missing_data_says_what_to_put_where(tmp_path, monkeypatch, name):
     message = str(error.value)
     assert str(tmp_path) in message and "DATA_DIR" in message and "no route to host" in message
     assert DATASETS[name].files in message
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [("mnist.npz", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n"),  # an LFS pointer
+     ("mnist.npz", b""), ("cifar10.npz", b"PK\x03\x04 truncated")],
+)
+def test_an_unreadable_data_file_says_what_to_put_where(tmp_path, filename, content):
+    (tmp_path / filename).write_bytes(content)
+    name = filename.removesuffix(".npz")
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_data(name, tmp_path)
+    message = str(error.value)
+    assert "cannot be read" in message and str(tmp_path) in message and DATASETS[name].files in message
+
+
+def test_the_data_dir_defaults_to_the_shared_folder_beside_the_checkout(monkeypatch, tmp_path):
+    from training import datasets
+
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "SHARED_DATA_DIR", tmp_path)
+    assert datasets.resolve_data_dir() == tmp_path
+    monkeypatch.setattr(datasets, "SHARED_DATA_DIR", tmp_path / "absent")
+    assert datasets.resolve_data_dir() == Path.home() / ".keras" / "datasets"
+    monkeypatch.setenv("DATA_DIR", "/somewhere")
+    assert datasets.resolve_data_dir() == Path("/somewhere")
+
+
+def test_cli_refuses_a_limit_that_leaves_no_validation_image(tmp_path, data_dir, caplog):
+    require_data(data_dir, "mnist")
+    arguments = ["train", "--model", "mnist", "--profile", "quick", "--limit", "9", "--epochs", "1",
+                 "--models-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    with caplog.at_level(logging.ERROR):
+        assert main(arguments) == 2
+    assert "leave no validation image" in caplog.text and "--limit 10 or more" in caplog.text
+    assert list_versions(tmp_path, "mnist") == []
 
 
 def read_json(path):

@@ -12,7 +12,7 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from .datasets import DATASETS, DatasetNotFoundError, load_data, load_exact_test_mask  # noqa: E402
-from .profiles import PROFILES  # noqa: E402
+from .profiles import PROFILES, TrainingSetTooSmallError  # noqa: E402
 
 logger = logging.getLogger("training")  # __name__ is "__main__" under -m
 
@@ -89,7 +89,7 @@ def build_parser():
     train.add_argument("--limit", type=int, help="train on the first LIMIT training images only")
     train.add_argument("--if-missing", action="store_true", help="skip models that have a version already")
     train.add_argument("--logs-dir", default=os.environ.get("LOGS_DIR", "logs"),
-                       help="checkpoints, CSV history and TensorBoard logs of each run (default: logs)")
+                       help="checkpoints, the per-epoch history (JSON lines) and TensorBoard logs of each run (default: logs)")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run of this model and profile from its last checkpoint")
     train.add_argument("--precision", default="auto",
@@ -128,7 +128,7 @@ def main(argv=None):
 
     try:
         return args.handler(args)
-    except (DatasetNotFoundError, VersionNotFoundError) as error:  # a message, not a traceback
+    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError) as error:  # a message, not a traceback
         logger.error("%s", error)
         return 2
 

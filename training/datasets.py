@@ -7,6 +7,7 @@ files already in its cache and deletes the ones that differ from the official do
 import gzip
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +68,30 @@ def get_spec(name):
     return DATASETS[name]
 
 
+# Where the project's data sets sit beside a checkout (../shared/datasets), the default when it exists.
+SHARED_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
 def resolve_data_dir(data_dir=None):
-    return Path(data_dir or os.environ.get("DATA_DIR") or Path.home() / ".keras" / "datasets")
+    """`data_dir`, else $DATA_DIR, else ../shared/datasets beside the checkout if it exists, else Keras' cache."""
+    if data_dir or os.environ.get("DATA_DIR"):
+        return Path(data_dir or os.environ["DATA_DIR"])
+    return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else Path.home() / ".keras" / "datasets"
 
 
 def load_data(name, data_dir=None):
     """Return ((x_train, y_train), (x_test, y_test)): uint8 [N, H, W, C], int64 [N]."""
     spec = get_spec(name)
     folder = resolve_data_dir(data_dir)
-    splits = _read_local(name, folder)
+    try:
+        splits = _read_local(name, folder)
+    except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        # A truncated download, a Git LFS pointer, a wrong file under the right name.
+        raise DatasetNotFoundError(
+            f"data set {name!r}: the file in {folder} cannot be read ({type(error).__name__}: {error}). "
+            f"Put {spec.files} there, as the official releases ship them, or set DATA_DIR to the folder "
+            "that holds them."
+        ) from error
     if splits is None:
         splits = _download_with_keras(spec, folder)
     (x_train, y_train), (x_test, y_test) = splits
@@ -115,7 +131,8 @@ def _read_local(name, folder):
 
 
 def _read_npz(path):
-    with np.load(path) as arrays:
+    # The file opened here, not by np.load: a file that is no zip would leave its handle open.
+    with open(path, "rb") as file, np.load(file) as arrays:
         return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 

@@ -27,7 +27,7 @@ from .models import (
     with_flip_averaging,
     with_temperature,
 )
-from .profiles import get_profile
+from .profiles import TrainingSetTooSmallError, get_profile
 from .report import count_multiply_adds, write_report
 from .train import predict, split_validation, train
 
@@ -57,7 +57,13 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             settings = get_profile(profile, name)
             if epochs:
                 settings = dataclasses.replace(settings, epochs=epochs)
-            fit_size = len(x_train) - int(len(x_train) * settings.validation_fraction)  # as train() splits
+            held_out = int(len(x_train) * settings.validation_fraction)  # as train() splits
+            if settings.validation_fraction and held_out == 0:
+                raise TrainingSetTooSmallError(
+                    f"{len(x_train)} training images leave no validation image (profile {profile!r} holds "
+                    f"out {settings.validation_fraction:.0%}); give --limit "
+                    f"{math.ceil(1 / settings.validation_fraction)} or more")
+            fit_size = len(x_train) - held_out
             steps_per_epoch = math.ceil(fit_size / settings.batch_size)
             model = build_model(name, settings=settings, steps_per_epoch=steps_per_epoch)
             fit_options = {"epochs": settings.epochs, "batch_size": settings.batch_size,

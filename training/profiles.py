@@ -101,3 +101,7 @@ def get_profile(profile, dataset):
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[profile][dataset]
+
+
+class TrainingSetTooSmallError(ValueError):
+    """--limit leaves a profile's validation split empty."""
