@@ -89,17 +89,23 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
     result = model.fit(dataset, epochs=epochs, validation_data=validation_data, callbacks=callbacks,
                        shuffle=False, verbose=verbose)  # the dataset shuffles itself
     if run_dir is not None:
+        best = Path(run_dir) / BEST_WEIGHTS_FILE
+        if resume and early_stopping_patience and validation_data is not None and best.exists():
+            # EarlyStopping restored the best epoch since the resume; the checkpoint holds the best of all.
+            model.load_weights(str(best))
         return read_history(Path(run_dir) / HISTORY_FILE)  # all epochs, including those before a resume
     return {key: [float(value) for value in values] for key, values in result.history.items()}
 
 
 HISTORY_FILE = "history.jsonl"
+BEST_WEIGHTS_FILE = "best.weights.h5"
 
 
 def _checkpoint_callbacks(run_dir, resume, validating):
     backup = run_dir / "backup"
     history = run_dir / HISTORY_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
+    best_so_far = None  # the best val_accuracy of the epochs before a resume
     if not resume:
         shutil.rmtree(backup, ignore_errors=True)
         history.unlink(missing_ok=True)
@@ -109,6 +115,9 @@ def _checkpoint_callbacks(run_dir, resume, validating):
         # An epoch logged after the last checkpoint runs again: forget its line.
         lines = history.read_text().splitlines(keepends=True) if history.exists() else []
         history.write_text("".join(lines[:epochs_done]))
+        earlier = [json.loads(line).get("val_accuracy") for line in lines[:epochs_done]]
+        earlier = [value for value in earlier if value is not None]
+        best_so_far = max(earlier) if earlier else None
     else:
         logger.warning("resume: no checkpoint in %s, starting from the first epoch", backup)
         history.unlink(missing_ok=True)
@@ -120,8 +129,10 @@ def _checkpoint_callbacks(run_dir, resume, validating):
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
     ]
     if validating:
-        best = keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor="val_accuracy",
-                                               save_best_only=True, save_weights_only=True)
+        # Resumed, it overwrites the best epoch's weights only with better ones.
+        best = keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS_FILE), monitor="val_accuracy",
+                                               save_best_only=True, save_weights_only=True,
+                                               initial_value_threshold=best_so_far)
         callbacks.append(best)
     return callbacks
 
