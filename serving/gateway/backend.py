@@ -160,12 +160,8 @@ class ModelServerClient:
             key = (name, version, input_key, tuple(output_keys), images.shape[1:], images.dtype.str)
             if len(images) < self.coalescer.max_images and key not in self._not_coalesced:
                 def start_call(batch: np.ndarray, request_ids: list[str], timeout: float) -> grpc.Future:
-                    request = _predict_request(name, version, {input_key: batch}, output_keys)
-                    MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(batch))
-                    metadata = (("x-request-id", _joined_request_ids(request_ids)),) if request_ids else None
-                    future = self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
-                    future.add_done_callback(_count_failed_call)
-                    return future
+                    return self._start_predict(name, version, input_key, batch, output_keys, timeout,
+                                               _joined_request_ids(request_ids))
 
                 try:
                     return self.coalescer.submit(key, images, self.timeout, start_call, _outputs, request_id)
@@ -190,6 +186,16 @@ class ModelServerClient:
         response = self._call("Predict", request, timeout=remaining, request_id=request_id)
         return _outputs(response)
 
+    def _start_predict(self, name: str, version: int, input_key: str, images: np.ndarray,
+                       output_keys: Sequence[str], timeout: float, request_id: str) -> grpc.Future:
+        """One Predict call of `images`, as a future whose failure is counted once."""
+        request = _predict_request(name, version, {input_key: images}, output_keys)
+        MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(images))
+        metadata = (("x-request-id", request_id),) if request_id else None
+        future = self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
+        future.add_done_callback(_count_failed_call)
+        return future
+
     def _predict_in_parts(
         self, name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str],
         request_id: str, deadline: float,
@@ -200,15 +206,9 @@ class ModelServerClient:
         (input_key, images), = inputs.items()
         parts = [images[start:start + self.max_images_per_call]
                  for start in range(0, len(images), self.max_images_per_call)]
-        metadata = (("x-request-id", request_id),) if request_id else None
-        calls = []
-        for part in parts:
-            request = _predict_request(name, version, {input_key: part}, output_keys)
-            MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(part))
-            call = self._prediction.Predict.future(
-                request, timeout=max(deadline - time.monotonic(), 0.001), metadata=metadata)
-            call.add_done_callback(_count_failed_call)
-            calls.append(call)
+        calls = [self._start_predict(name, version, input_key, part, output_keys,
+                                     max(deadline - time.monotonic(), 0.001), request_id)
+                 for part in parts]
         try:
             answers = [_outputs(call.result()) for call in calls]
         except grpc.RpcError as error:
@@ -293,7 +293,7 @@ def _count_error(method_name: str, error: grpc.RpcError) -> None:
 
 
 def _count_failed_call(future: grpc.Future) -> None:
-    """A shared Predict call's done-callback: its failure counted once, whatever number of requests it carried."""
+    """A Predict future's done-callback: its failure counted once, whatever number of requests it carried."""
     if future.cancelled():  # the channel closed under it: the gateway is stopping
         return
     error = future.exception()
