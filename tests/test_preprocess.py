@@ -44,11 +44,15 @@ def test_a_28x28_grayscale_png_passes_through_exactly():
         ("P", (50, 20), CIFAR, (32, 32, 3)),
         ("CMYK", (40, 40), MNIST, (28, 28, 1)),
         ("I;16", (28, 28), MNIST, (28, 28, 1)),
+        ("LAB", (30, 40), MNIST, (28, 28, 1)),  # Pillow converts LAB to RGB only
+        ("LAB", (30, 40), CIFAR, (32, 32, 3)),
+        ("YCbCr", (30, 40), MNIST, (28, 28, 1)),
+        ("F", (30, 40), MNIST, (28, 28, 1)),
     ],
 )
 def test_any_mode_and_size_becomes_the_model_input(mode, size, spec, shape):
     image = Image.new(mode, size)
-    image_format = "TIFF" if mode == "CMYK" else "PNG"
+    image_format = "TIFF" if mode in ("CMYK", "LAB", "YCbCr", "F") else "PNG"
     array = image_to_array(decode_image(encode(image, image_format)), spec)
     assert array.shape == shape
     assert array.dtype == np.float32
@@ -65,6 +69,12 @@ def test_common_formats_decode(image_format):
 def test_transparent_pixels_become_white():
     image = Image.new("RGBA", (28, 28), (0, 0, 0, 0))
     assert image_to_array(decode_image(encode(image)), MNIST).min() == 1.0
+
+
+def test_transparent_pixels_of_a_palette_image_with_alpha_become_white():
+    image = Image.new("PA", (28, 28), (0, 0))  # palette index 0 (black), fully transparent
+    assert decode_image(encode(image, "TIFF")).mode == "PA"
+    assert image_to_array(decode_image(encode(image, "TIFF")), MNIST).min() == 1.0
 
 
 def test_16_bit_grayscale_is_scaled_not_clipped():

@@ -153,7 +153,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
     """Composite transparency onto white, as the image looks on a page."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -171,12 +171,19 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    try:
+        return image.convert(mode)
+    except ValueError:  # some modes (a LAB TIFF) Pillow converts to RGB only
+        return image.convert("RGB").convert(mode)
+
+
 def reframe(image: Image.Image, spec: PreprocessingSpec) -> tuple[Image.Image, framing.Framing]:
     """A decoded image to the model's H×W and mode (8-bit), reframed as the spec says, and what was done."""
     image = _to_8bit(_flatten_alpha(image))
     mode = "L" if spec.channels == 1 else "RGB"
     if image.mode != mode:  # convert() to the same mode would copy the pixels
-        image = image.convert(mode)
+        image = _convert(image, mode)
     frame = (spec.width, spec.height)
     if spec.crop == "none" and not spec.invert_light_background and spec.contrast == "none":
         if image.size != frame:
