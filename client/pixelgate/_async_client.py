@@ -36,7 +36,7 @@ class AsyncClient:
         backoff: float = 0.25,
         max_backoff: float = 4.0,
     ):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _protocol.gateway_url(base_url)
         self.retry_policy = RetryPolicy(retries, backoff, max_backoff)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=_protocol.client_headers(token)
@@ -99,27 +99,23 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> PredictResult:
         """Classify one image, or a list of them in one request (one Prediction each, in order)."""
-        path, files, params, _ = _protocol.predict_request(images, model, top_k, version, label, debug)
+        path, files, params, count = _protocol.predict_request(images, model, top_k, version, label, debug)
         response = await self._request("POST", path, timeout, files=files, params=params)
-        return PredictResult.from_json(_protocol.json_body(response))
+        return _protocol.predict_result(response, count)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        body = _protocol.json_body(await self._request("GET", "/v1/models", timeout))
-        return [ModelInfo.from_json(model) for model in body["models"]]
+        return _protocol.models_list(await self._request("GET", "/v1/models", timeout))
 
     async def model(self, name: str, *, timeout: float | None = None) -> ModelDetail:
         response = await self._request("GET", _protocol.model_path(name), timeout)
-        return ModelDetail.from_json(_protocol.json_body(response))
+        return _protocol.parse(response, ModelDetail.from_json)
 
     async def health(self, *, timeout: float | None = None) -> Health:
         try:
             response = await self._http.get("/readyz", timeout=_protocol.timeout_option(timeout))
         except httpx.TransportError as transport_error:
             raise _protocol.transport_error(transport_error, self.base_url)[0] from None
-        body = _protocol.json_body(response)
-        return Health(
-            ready=response.status_code == 200 and bool(body.get("ready")), models=dict(body.get("models", {}))
-        )
+        return _protocol.health(response)
 
     async def ready(self, *, timeout: float | None = None) -> bool:
         try:

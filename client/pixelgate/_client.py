@@ -40,7 +40,7 @@ class Client:
         backoff: float = 0.25,
         max_backoff: float = 4.0,
     ):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _protocol.gateway_url(base_url)
         self.retry_policy = RetryPolicy(retries, backoff, max_backoff)
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, headers=_protocol.client_headers(token)
@@ -102,18 +102,16 @@ class Client:
     ) -> PredictResult:
         """Classify one image, or a list of them in one request (one Prediction each, in order).
         `version` or `label` picks a model version; `debug=True` asks for the preprocessed images."""
-        path, files, params, _ = _protocol.predict_request(images, model, top_k, version, label, debug)
+        path, files, params, count = _protocol.predict_request(images, model, top_k, version, label, debug)
         response = self._request("POST", path, timeout, files=files, params=params)
-        return PredictResult.from_json(_protocol.json_body(response))
+        return _protocol.predict_result(response, count)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        body = _protocol.json_body(self._request("GET", "/v1/models", timeout))
-        return [ModelInfo.from_json(model) for model in body["models"]]
+        return _protocol.models_list(self._request("GET", "/v1/models", timeout))
 
     def model(self, name: str, *, timeout: float | None = None) -> ModelDetail:
-        return ModelDetail.from_json(
-            _protocol.json_body(self._request("GET", _protocol.model_path(name), timeout))
-        )
+        response = self._request("GET", _protocol.model_path(name), timeout)
+        return _protocol.parse(response, ModelDetail.from_json)
 
     def health(self, *, timeout: float | None = None) -> Health:
         """`/readyz` with each model's state. Raises PixelgateError only when there is no usable answer."""
@@ -121,10 +119,7 @@ class Client:
             response = self._http.get("/readyz", timeout=_protocol.timeout_option(timeout))
         except httpx.TransportError as transport_error:
             raise _protocol.transport_error(transport_error, self.base_url)[0] from None
-        body = _protocol.json_body(response)
-        return Health(
-            ready=response.status_code == 200 and bool(body.get("ready")), models=dict(body.get("models", {}))
-        )
+        return _protocol.health(response)
 
     def ready(self, *, timeout: float | None = None) -> bool:
         """True when the gateway answers and every model is AVAILABLE; False otherwise, never raises."""

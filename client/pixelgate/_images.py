@@ -47,16 +47,46 @@ def encode_image(image: ImageInput) -> tuple[str, bytes, str]:
         if not isinstance(data, bytes):
             raise TypeError("file objects must be opened in binary mode ('rb')")
         return Path(str(getattr(image, "name", "image"))).name, data, content_type(data)
-    if hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image: PNG keeps every pixel as it is
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return "image.png", buffer.getvalue(), "image/png"
+    if hasattr(image, "save") and hasattr(image, "mode"):
+        return _encode_pil(image)
     if hasattr(image, "__array__") and hasattr(image, "dtype"):
         return encode_image(_array_to_pil(image))
     raise TypeError(
         f"cannot send {type(image).__name__} as an image; "
         "give a path, bytes, a binary file, a PIL image or an array"
     )
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
+# Lossless formats, in order of preference: PNG for the modes it holds; TIFF for CMYK, YCbCr, LAB,
+# 32-bit and float grayscale, which the gateway decodes as it would that file.
+_LOSSLESS = (("PNG", "image.png", "image/png"), ("TIFF", "image.tif", "image/tiff"))
+
+
+def _encode_pil(image: Any) -> tuple[str, bytes, str]:
+    """A PIL image as the gateway would see its file: upright, every pixel as it is."""
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        # Opened from a camera JPEG, the pixels are as stored: the gateway turns a file upright by
+        # its Orientation tag, but the formats sent here would not carry the tag.
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
+    for image_format, name, kind in _LOSSLESS:
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format=image_format)
+        except (OSError, KeyError):  # "cannot write mode HSV as PNG"
+            continue
+        return name, buffer.getvalue(), kind
+    # Neither holds it (HSV, premultiplied alpha): as the colours it shows.
+    target = {"La": "LA", "RGBa": "RGBA"}.get(image.mode, "RGB")
+    try:
+        converted = image.convert(target)
+    except ValueError:
+        raise ValueError(
+            f"cannot send a PIL image of mode {image.mode}; convert it to RGB or L first"
+        ) from None
+    return _encode_pil(converted)
 
 
 def _array_to_pil(array: Any) -> Any:

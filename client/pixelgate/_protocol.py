@@ -5,15 +5,16 @@ and the retry policy (which failures to retry, how long to wait). No I/O happens
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from pixelgate._errors import PixelgateError
 from pixelgate._images import ImageInput, encode_image
+from pixelgate._types import Health, ModelInfo, PredictResult
 
 DEFAULT_URL = "http://localhost:8000"
 # 503: the model server is down, restarting or overloaded; 502: a proxy in front could not reach
@@ -85,28 +86,86 @@ def transport_error(error: httpx.TransportError, base_url: object) -> tuple[Pixe
     return PixelgateError(f"request to {base_url} failed: {error}", code="connection_error"), False
 
 
+def gateway_url(url: str) -> str:
+    """The gateway's base URL, checked: a typo is a ValueError here, not a traceback at the first call."""
+    hint = f"; did you mean http://{url}?" if url and "://" not in url else ""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise ValueError(f"invalid gateway URL {url!r}: {error}{hint}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"the gateway URL must be http(s)://host[:port], got {url!r}{hint}")
+    return url.rstrip("/")
+
+
 def raise_for_error(response: httpx.Response) -> None:
-    """Raise the gateway's `{"error", "code"}` answer as a PixelgateError."""
+    """Raise the gateway's `{"error", "code"}` answer as a PixelgateError; an error answer that is
+    not that (a proxy's page, another server) is `invalid_response`, with the status it had."""
     if response.is_success:
         return
     try:
         body = response.json()
         message, code = str(body["error"]), str(body.get("code", "error"))
     except (ValueError, KeyError, TypeError):
-        message, code = response.text[:200] or response.reason_phrase, "http_error"
+        page = " ".join(response.text[:200].split())
+        message, code = f"{_answered(response)}: {page or response.reason_phrase}", "invalid_response"
     raise PixelgateError(message, code=code, status=response.status_code) from None
+
+
+def _answered(response: httpx.Response) -> str:
+    return f"{response.request.url} answered {response.headers.get('content-type', 'no content type')}"
+
+
+def invalid_response(response: httpx.Response, what: str) -> PixelgateError:
+    return PixelgateError(
+        f"{_answered(response)}, {what}; is this a pixelgate gateway?",
+        code="invalid_response",
+        status=response.status_code,
+    )
 
 
 def json_body(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise PixelgateError(
-            f"{response.request.url} answered {response.headers.get('content-type', 'no content type')}, "
-            "not JSON; is this a pixelgate gateway?",
-            code="invalid_response",
-            status=response.status_code,
-        ) from None
+        raise invalid_response(response, "not JSON") from None
+
+
+T = TypeVar("T")
+
+
+def parse(response: httpx.Response, build: Callable[[Any], T]) -> T:
+    """`build(JSON body)`; JSON in another shape (another server's, say) is `invalid_response`."""
+    body = json_body(response)
+    try:
+        return build(body)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        shape = f"not the answer expected ({type(error).__name__}: {error})"
+        raise invalid_response(response, shape) from None
+
+
+def predict_result(response: httpx.Response, count: int) -> PredictResult:
+    result = parse(response, PredictResult.from_json)
+    if len(result.predictions) != count:
+        raise invalid_response(response, f"{len(result.predictions)} predictions for {count} images")
+    return result
+
+
+def models_list(response: httpx.Response) -> list[ModelInfo]:
+    return parse(response, lambda body: [ModelInfo.from_json(model) for model in body["models"]])
+
+
+def health(response: httpx.Response) -> Health:
+    """/readyz answers 200 when ready and 503 when not, both with `ready` and each model's state.
+    Any other answer (a 404 from a wrong URL, a 401 from a proxy) is an error, not "not ready"."""
+    if response.status_code not in (200, 503):
+        raise_for_error(response)
+    body = json_body(response)
+    if not isinstance(body, dict) or "ready" not in body:
+        raise_for_error(response)
+        raise invalid_response(response, "without the readiness fields (ready, models)")
+    models = parse(response, lambda body: {str(k): str(v) for k, v in dict(body.get("models") or {}).items()})
+    return Health(ready=response.status_code == 200 and body["ready"] is True, models=models)
 
 
 def predict_request(
