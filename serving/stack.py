@@ -142,19 +142,61 @@ def batching_flags(parameters_file: Path) -> list[str]:
     ]
 
 
-def model_names_in_config(config_file: Path) -> list[str]:
+DEFAULT_MODEL_CONFIG_FILE = "serving/config/models.config"
+
+
+def _read_config(config_file: Path):
     from google.protobuf import text_format
 
     from serving.protos.tensorflow_serving.config import model_server_config_pb2
 
-    config = text_format.Parse(config_file.read_text(), model_server_config_pb2.ModelServerConfig())
-    return [model.name for model in config.model_config_list.config]
+    return text_format.Parse(config_file.read_text(), model_server_config_pb2.ModelServerConfig())
+
+
+def model_names_in_config(config_file: Path) -> list[str]:
+    return [model.name for model in _read_config(config_file).model_config_list.config]
+
+
+def config_in_models_dir(config_file: Path, models_dir: Path) -> Path:
+    """`config_file` with each model's base_path moved into `models_dir`, keeping the models that
+    have a folder there: the config `--models-dir` alone means, written to a temporary file."""
+    from google.protobuf import text_format
+
+    config = _read_config(config_file)
+    models = config.model_config_list.config
+    kept = [model for model in models if (models_dir / model.name).is_dir()]
+    if not kept:
+        raise SystemExit(f"no model folders ({', '.join(m.name for m in models)}) in {models_dir}: "
+                         "train them first (make train), or give --model-config-file")
+    if len(kept) < len(models):
+        missing = sorted({model.name for model in models} - {model.name for model in kept})
+        logger.info("serving %s; no folder in %s for %s", ", ".join(m.name for m in kept), models_dir,
+                    ", ".join(missing))
+    for model in kept:
+        model.base_path = str((models_dir / model.name).resolve())
+    del models[:]
+    models.extend(kept)
+    directory = Path(tempfile.mkdtemp(prefix="pixelgate-config-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    written = directory / "models.config"
+    written.write_text(text_format.MessageToString(config))
+    return written
+
+
+def warn_about_other_base_paths(config_file: Path, models_dir: Path) -> None:
+    """The gateway reads each model's assets from models_dir/<name>; say so when the model server
+    loads that model from somewhere else (its labels could be another model's)."""
+    for model in _read_config(config_file).model_config_list.config:
+        loaded, assets = Path(model.base_path).resolve(), (models_dir / model.name).resolve()
+        if loaded != assets:
+            logger.warning("model %s: the model server loads %s, the gateway reads its assets from %s",
+                           model.name, loaded, assets)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the model server (gRPC) and the gateway (HTTP) together.")
-    parser.add_argument("--model-config-file", default=os.environ.get("MODEL_CONFIG_FILE",
-                                                                      "serving/config/models.config"))
+    # Without one, serving/config/models.config's models, loaded from --models-dir.
+    parser.add_argument("--model-config-file", default=os.environ.get("MODEL_CONFIG_FILE"))
     parser.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("MODEL_SERVER_PORT", 8500)))
     # TF Serving's REST API on the model server (0: off), as `docker run -p 8501:8501 tensorflow/serving`.
@@ -167,7 +209,12 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
 
-    config_file = Path(args.model_config_file)
+    models_dir = Path(args.models_dir)
+    if args.model_config_file:
+        config_file = Path(args.model_config_file)
+        warn_about_other_base_paths(config_file, models_dir)
+    else:
+        config_file = config_in_models_dir(ROOT / DEFAULT_MODEL_CONFIG_FILE, models_dir)
     names = model_names_in_config(config_file)
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
@@ -187,7 +234,7 @@ def main() -> int:
     try:
         wait_for_models(f"127.0.0.1:{args.grpc_port}", names, model_server)
         # The gateway serves the models the config file lists, not every folder under --models-dir.
-        gateway = start_gateway(args.http_port, f"127.0.0.1:{args.grpc_port}", Path(args.models_dir).resolve(),
+        gateway = start_gateway(args.http_port, f"127.0.0.1:{args.grpc_port}", models_dir.resolve(),
                                 host=args.host, env={"MODELS": os.environ.get("MODELS") or ",".join(names)})
         ready = wait_for_http(f"http://127.0.0.1:{args.http_port}/readyz", gateway)
         url = f"http://localhost:{args.http_port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -205,23 +206,39 @@ def test_a_model_with_unusable_preprocessing_assets_is_unavailable_not_a_500(mod
         gateway.stop()
 
 
-def test_the_stack_serves_the_models_its_config_lists(models_dir, tmp_path):
-    """`python -m serving.stack` (make serve) with a config of one model over a folder of three:
-    the gateway serves that one and is ready, instead of waiting for models nobody loads."""
-    config = tmp_path / "one.config"
-    config.write_text(f'model_config_list {{ config {{ name: "mnist" base_path: "{models_dir / "mnist"}" '
-                      'model_platform: "tensorflow" } }\n')
+@contextlib.contextmanager
+def serving_stack(*flags: str):
+    """`python -m serving.stack` (make serve) with these flags; yields /readyz's answer and the URL."""
     grpc_port, http_port = stack.free_port(), stack.free_port()
-    environment = {key: value for key, value in os.environ.items() if key != "MODELS"}
+    environment = {k: v for k, v in os.environ.items() if k not in ("MODELS", "MODEL_CONFIG_FILE")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.stack", f"--model-config-file={config}", f"--models-dir={models_dir}",
-         f"--grpc-port={grpc_port}", f"--http-port={http_port}", "--rest-port=0", "--host=127.0.0.1"],
+        [sys.executable, "-m", "serving.stack", *flags, f"--grpc-port={grpc_port}",
+         f"--http-port={http_port}", "--rest-port=0", "--host=127.0.0.1"],
         cwd=stack.ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        ready = stack.wait_for_http(f"http://127.0.0.1:{http_port}/readyz", process, timeout=120)
-        assert ready == {"ready": True, "models": {"mnist": "AVAILABLE"}}
-        listed = requests.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=30).json()["models"]
-        assert [entry["name"] for entry in listed] == ["mnist"]
+        url = f"http://127.0.0.1:{http_port}"
+        yield stack.wait_for_http(f"{url}/readyz", process, timeout=120), url
     finally:
         stack.stop(process, grace=30)
+
+
+def test_the_stack_serves_the_models_its_config_lists(models_dir, tmp_path):
+    """A config of one model over a folder of three: the gateway serves that one and is ready,
+    instead of waiting for models nobody loads."""
+    config = tmp_path / "one.config"
+    config.write_text(f'model_config_list {{ config {{ name: "mnist" base_path: "{models_dir / "mnist"}" '
+                      'model_platform: "tensorflow" } }\n')
+    with serving_stack(f"--model-config-file={config}", f"--models-dir={models_dir}") as (ready, url):
+        assert ready == {"ready": True, "models": {"mnist": "AVAILABLE"}}
+        listed = requests.get(f"{url}/v1/models", timeout=30).json()["models"]
+        assert [entry["name"] for entry in listed] == ["mnist"]
+
+
+def test_the_stack_loads_the_models_from_models_dir_without_a_config(models_dir, tmp_path):
+    """--models-dir alone: the model server loads the models there too, not the config's models/."""
+    (tmp_path / "cifar10").symlink_to(models_dir / "cifar10", target_is_directory=True)
+    with serving_stack(f"--models-dir={tmp_path}") as (ready, url):
+        assert ready == {"ready": True, "models": {"cifar10": "AVAILABLE"}}
+        status = requests.get(f"{url}/v1/models/cifar10", timeout=30).json()
+        assert [v["state"] for v in status["versions"]] == ["AVAILABLE"]
