@@ -145,6 +145,9 @@ def test_predict_folder_stops_on_an_answer_it_cannot_read(server, tmp_path):
         ("ftp://example.com", "http(s)://host[:port]"),
         ("http://", "http(s)://host[:port]"),
         ("", "http(s)://host[:port]"),
+        ("http://127.0.0.1:99999", "Port out of range"),  # httpx would wrap it to port 34463
+        ("http://localhost:8000/?key=abc", "has a query or fragment"),
+        ("http:/localhost:8000", "got 'http:/localhost:8000'"),
     ],
 )
 def test_a_malformed_gateway_url_is_a_value_error(url, said):
@@ -152,6 +155,15 @@ def test_a_malformed_gateway_url_is_a_value_error(url, said):
         with pytest.raises(ValueError) as raised:
             client_class(url)
         assert said in str(raised.value)
+        assert "did you mean http://http" not in str(raised.value)
+
+
+def test_a_gateway_url_with_a_path_or_stray_spaces_is_kept_as_meant(server):
+    server.answer(200, {"models": []})
+    with Client(f" {server.url}/ ") as client:
+        assert client.base_url == server.url and client.models() == []
+    with Client("https://[::1]:8443/pixelgate/") as client:
+        assert client.base_url == "https://[::1]:8443/pixelgate"
 
 
 def test_the_cli_says_what_is_wrong_with_the_url(capsys):

@@ -66,6 +66,22 @@ def test_modes_png_cannot_hold_are_sent_losslessly(mode):
     assert np.array_equal(np.asarray(decoded), np.asarray(image))  # the same values (I;16L comes back I;16)
 
 
+def test_32_bit_grayscale_keeps_values_beyond_16_bits():
+    values = np.array([[-5, 70000, 100, 2**31 - 1, 0]], dtype=np.int32)
+    assert np.array_equal(np.asarray(sent(Image.fromarray(values, mode="I"))), values)
+
+
+def test_a_large_cmyk_photo_is_sent_compressed():
+    """6 MP of CMYK is 23 MiB uncompressed, over the gateway's 20 MiB request limit; as a file
+    (JPEG) it would pass, so as a PIL image it must too."""
+    y, x = np.mgrid[0:2000, 0:3000]
+    channels = [x * 255 // 3000, y * 255 // 2000, (x + y) * 255 // 5000, np.full_like(x, 30)]
+    image = Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8), mode="CMYK")
+    name, data, kind = encode_image(image)
+    assert kind == "image/tiff" and len(data) < 4 * 2**20, len(data)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image))
+
+
 @pytest.mark.parametrize(("mode", "shown_as"), [("HSV", "RGB"), ("La", "LA"), ("RGBa", "RGBA")])
 def test_modes_no_lossless_format_holds_are_sent_as_the_colours_they_show(mode, shown_as):
     image = Image.new(mode, (6, 4), (90, 120, 200, 255)[: len(mode) if mode != "HSV" else 3])

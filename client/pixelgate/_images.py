@@ -58,9 +58,12 @@ def encode_image(image: ImageInput) -> tuple[str, bytes, str]:
 
 
 _ORIENTATION = 0x0112  # the EXIF tag
-# Lossless formats, in order of preference: PNG for the modes it holds; TIFF for CMYK, YCbCr, LAB,
-# 32-bit and float grayscale, which the gateway decodes as it would that file.
-_LOSSLESS = (("PNG", "image.png", "image/png"), ("TIFF", "image.tif", "image/tiff"))
+# What each mode is sent as, losslessly and the same with every Pillow: PNG where it holds the
+# mode; TIFF (deflated) for CMYK, YCbCr, LAB, 32-bit and float grayscale, which the gateway decodes
+# as it would that file. A mode Pillow writes in neither goes as the mode it converts to.
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"})
+_TIFF_MODES = frozenset({"CMYK", "YCbCr", "LAB", "I", "F", "PA", "I;16L", "RGBX"})
+_CONVERTED = {"La": "LA", "RGBa": "RGBA", "I;16N": "I", "I;16S": "I", "I;16BS": "I", "I;16LS": "I"}
 
 
 def _encode_pil(image: Any) -> tuple[str, bytes, str]:
@@ -71,22 +74,21 @@ def _encode_pil(image: Any) -> tuple[str, bytes, str]:
         from PIL import ImageOps
 
         image = ImageOps.exif_transpose(image)
-    for image_format, name, kind in _LOSSLESS:
-        buffer = io.BytesIO()
+    if image.mode not in _PNG_MODES and image.mode not in _TIFF_MODES:  # HSV, premultiplied alpha
         try:
-            image.save(buffer, format=image_format)
-        except (OSError, KeyError):  # "cannot write mode HSV as PNG"
-            continue
-        return name, buffer.getvalue(), kind
-    # Neither holds it (HSV, premultiplied alpha): as the colours it shows.
-    target = {"La": "LA", "RGBa": "RGBA"}.get(image.mode, "RGB")
-    try:
-        converted = image.convert(target)
-    except ValueError:
-        raise ValueError(
-            f"cannot send a PIL image of mode {image.mode}; convert it to RGB or L first"
-        ) from None
-    return _encode_pil(converted)
+            image = image.convert(_CONVERTED.get(image.mode, "RGB"))
+        except ValueError:
+            raise ValueError(
+                f"cannot send a PIL image of mode {image.mode}; convert it to RGB or L first"
+            ) from None
+    buffer = io.BytesIO()
+    if image.mode in _PNG_MODES:
+        image.save(buffer, format="PNG")
+        return "image.png", buffer.getvalue(), "image/png"
+    # Uncompressed, a 6 MP CMYK photo would be 23 MiB, over the gateway's request limit. Deflated
+    # YCbCr reads back as RGB (libtiff converts it), so that one stays uncompressed.
+    image.save(buffer, format="TIFF", compression=None if image.mode == "YCbCr" else "tiff_adobe_deflate")
+    return "image.tif", buffer.getvalue(), "image/tiff"
 
 
 def _array_to_pil(array: Any) -> Any:

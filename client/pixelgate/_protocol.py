@@ -5,10 +5,11 @@ and the retry policy (which failures to retry, how long to wait). No I/O happens
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -87,15 +88,23 @@ def transport_error(error: httpx.TransportError, base_url: object) -> tuple[Pixe
 
 
 def gateway_url(url: str) -> str:
-    """The gateway's base URL, checked: a typo is a ValueError here, not a traceback at the first call."""
-    hint = f"; did you mean http://{url}?" if url and "://" not in url else ""
+    """The gateway's base URL, checked: a typo is a ValueError here, not a traceback at the first
+    call, nor requests to another port or path than the one meant."""
+    url = url.strip()
+    hint = f"; did you mean http://{url}?" if _HOST_PORT.fullmatch(url) else ""
     try:
+        port = urlsplit(url).port  # also refuses a port out of 0..65535, which httpx wraps around
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as error:
+    except (ValueError, httpx.InvalidURL) as error:
         raise ValueError(f"invalid gateway URL {url!r}: {error}{hint}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"the gateway URL must be http(s)://host[:port], got {url!r}{hint}")
+    if parsed.scheme not in ("http", "https") or not parsed.host or port == 0:
+        raise ValueError(f"the gateway URL must be http(s)://host[:port][/path], got {url!r}{hint}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"the gateway URL {url!r} has a query or fragment; requests add their own paths")
     return url.rstrip("/")
+
+
+_HOST_PORT = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?/?")  # "localhost:8000": the scheme left out
 
 
 def raise_for_error(response: httpx.Response) -> None:
