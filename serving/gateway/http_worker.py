@@ -6,13 +6,18 @@ answers them with an HTML page; this worker keeps the status and sends `{"error"
 On SIGTERM it closes its listening sockets at once, so new connections are refused while
 the requests in flight finish, instead of waiting in the backlog to be reset at exit.
 A kept-alive connection stays with its thread for a moment after each answer (see `handle`).
+A request's body must arrive within GATEWAY_BODY_TIMEOUT_SECONDS (gunicorn bounds only the wait
+for the headers), and the app can ask for the connection to close after its answer.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
+import threading
+import time
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
@@ -27,6 +32,53 @@ _CODES = {
     500: "internal_error",
     501: "not_implemented",
 }
+
+
+def _body_timeout() -> float:
+    text = os.environ.get("GATEWAY_BODY_TIMEOUT_SECONDS", "30")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise SystemExit(f"GATEWAY_BODY_TIMEOUT_SECONDS must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+# How long a request's whole body may take to arrive: a client trickling it a byte at a time
+# would otherwise hold one of the worker's threads for as long as it likes.
+BODY_TIMEOUT_SECONDS = _body_timeout()
+_serving = threading.local()  # the gunicorn request this thread is answering
+
+
+def close_connection_after_response() -> None:
+    """Answer with `Connection: close` and close: for a body left unread or unreadable, which
+    gunicorn would otherwise drain only 64 KiB of, closing anyway after saying keep-alive."""
+    request = getattr(_serving, "request", None)
+    if request is not None:
+        request.must_close = True
+
+
+class _BodyDeadlineSocket:
+    """The client socket as the request's body is read from it: each recv waits at most until the
+    body's deadline, then raises TimeoutError (the app answers 408)."""
+
+    def __init__(self, sock, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def recv(self, size: int) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request body's deadline has passed")
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv(size)
+        finally:
+            self._sock.settimeout(None)  # blocking again, as gthread keeps its sockets
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
 
 
 class _CapturedSocket:
@@ -82,6 +134,17 @@ class GatewayThreadWorker(ThreadWorker):
                     break
             result = super().handle(conn)
         return result
+
+    def handle_request(self, req, conn):
+        unreader = conn.parser.unreader
+        sock = unreader.sock
+        unreader.sock = _BodyDeadlineSocket(sock, time.monotonic() + BODY_TIMEOUT_SECONDS)
+        _serving.request = req
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            _serving.request = None
+            unreader.sock = sock
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)

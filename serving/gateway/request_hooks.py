@@ -13,9 +13,13 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from serving.gateway import metrics
 from serving.gateway.auth import TokenAuthenticator
+from serving.gateway.http_worker import BODY_TIMEOUT_SECONDS, close_connection_after_response
+from serving.gateway.requests_parsing import has_chunked_body
 
 logger = logging.getLogger("serving.gateway.requests")
 
@@ -41,9 +45,8 @@ def register(app: Flask, authenticator: TokenAuthenticator) -> None:
         state.request_id = _incoming_request_id(current.headers)
         metrics.IN_FLIGHT.inc()
         state.in_flight = True
-        if current.content_length is None and "wsgi.input_terminated" in current.environ:
-            # A chunked body has no Content-Length: count what is read of it, for the log and metrics.
-            state.counted_input = current.environ["wsgi.input"] = _CountingInput(current.environ["wsgi.input"])
+        if current.content_length or has_chunked_body(current.environ):
+            state.counted_input = current.environ["wsgi.input"] = _BodyInput(current.environ["wsgi.input"])
         if authenticator.enabled:
             authenticator.check(current.path, current.headers.get("Authorization"))
 
@@ -55,6 +58,8 @@ def register(app: Flask, authenticator: TokenAuthenticator) -> None:
         model, version = state.get("model", ""), state.get("version", "")
         status, content_length = response.status_code, _body_bytes(current, state)
         state.body_bytes = content_length
+        if status >= 400 and (content_length > _DRAINED_BYTES or has_chunked_body(current.environ)):
+            close_connection_after_response()
         metrics.REQUESTS.labels(endpoint, model, str(status), str(version)).inc()
         metrics.LATENCY.labels(endpoint).observe(elapsed)
         if content_length:
@@ -97,25 +102,42 @@ def _log_request(current, state, response: Response, endpoint: str, elapsed: flo
     logger.info("%s %s %d", current.method, path, response.status_code, extra={"fields": fields})
 
 
-class _CountingInput:
-    """A WSGI input stream that counts the bytes read from it."""
+# gunicorn reads and drops up to 64 KiB of a body the app left unread before the next request on
+# the connection; beyond that, or with a chunked body, an error answer closes the connection.
+_DRAINED_BYTES = 64 * 1024
+
+
+class _BodyInput:
+    """The request body's WSGI stream: counts the bytes read (a chunked body has no
+    Content-Length to log), and turns what reading it can fail with into 4xx answers."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.count += len(data)
-        return data
+        return self._counted(self._stream.read, size)
 
     def readline(self, size: int = -1) -> bytes:
-        data = self._stream.readline(size)
-        self.count += len(data)
-        return data
+        return self._counted(self._stream.readline, size)
 
     def __iter__(self):
         return iter(self.readline, b"")
+
+    def _counted(self, read, size: int) -> bytes:
+        try:
+            data = read(size)
+        except (TimeoutError, ParseException, NoMoreData) as error:
+            close_connection_after_response()  # where the next request would start is unknown
+            if isinstance(error, TimeoutError):
+                raise RequestTimeout(
+                    f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"
+                ) from None
+            if isinstance(error, NoMoreData):
+                raise BadRequest("the connection ended before the whole request body arrived") from None
+            raise BadRequest(f"the request body's chunked encoding is malformed: {error}") from None
+        self.count += len(data)
+        return data
 
 
 def _body_bytes(current, state) -> int:

@@ -78,6 +78,11 @@ def _positive_int(value: str | None, name: str, default):
     return int(value)
 
 
+def has_chunked_body(environ) -> bool:
+    """A body sent in chunks, without Content-Length (gunicorn sets `wsgi.input_terminated` always)."""
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
 def extract_images(request: Request, max_images: int) -> list[bytes]:
     """The encoded images of a predict request, whichever of the three forms it uses."""
     mimetype = request.mimetype or ""
@@ -87,7 +92,7 @@ def extract_images(request: Request, max_images: int) -> list[bytes]:
         images = [_read_body(request)]
     elif mimetype == "application/json":
         images = _images_from_json(request, max_images)
-    elif not mimetype and not request.content_length:
+    elif not mimetype and not request.content_length and not has_chunked_body(request.environ):
         raise InvalidRequestError(
             f"the request has no body; send an image as {SUPPORTED_TYPES}", code="missing_image"
         )
