@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -90,16 +91,23 @@ def model_server(model_config_file):
         stack.stop(process)
 
 
-@pytest.fixture(scope="session")
-def gateway_url(model_server, models_dir):
-    """Base URL of the real gateway (gunicorn) in front of the model server."""
+@contextlib.contextmanager
+def running_gateway(model_server: str, models_dir: Path, env: dict[str, str]):
+    """A real gateway (gunicorn) with these settings in front of the model server; yields its URL."""
     port = stack.free_port()
-    process = stack.start_gateway(port, model_server, models_dir, env={"GATEWAY_WORKERS": "2"})
+    process = stack.start_gateway(port, model_server, models_dir, env=env)
     try:
         stack.wait_for_http(f"http://127.0.0.1:{port}/readyz", process)
         yield f"http://127.0.0.1:{port}"
     finally:
         stack.stop(process)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(model_server, models_dir):
+    """Base URL of the real gateway (gunicorn) in front of the model server."""
+    with running_gateway(model_server, models_dir, {"GATEWAY_WORKERS": "2"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,7 @@ from PIL import Image
 from pixelgate import Client, Health, ModelDetail, PixelgateError, PredictResult
 from pixelgate.cli import main as cli_main
 
-from serving import stack
-from tests.conftest import encode
+from tests.conftest import encode, running_gateway
 
 TOKEN = "sdk-test-token"
 
@@ -27,14 +26,8 @@ TOKEN = "sdk-test-token"
 @pytest.fixture(scope="module")
 def token_gateway(model_server, models_dir):
     """A real gateway that wants `Authorization: Bearer sdk-test-token` (health stays open)."""
-    port = stack.free_port()
-    env = {"GATEWAY_WORKERS": "1", "GATEWAY_TOKENS": TOKEN}
-    process = stack.start_gateway(port, model_server, models_dir, env=env)
-    try:
-        stack.wait_for_http(f"http://127.0.0.1:{port}/readyz", process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stack.stop(process)
+    with running_gateway(model_server, models_dir, {"GATEWAY_WORKERS": "1", "GATEWAY_TOKENS": TOKEN}) as url:
+        yield url
 
 
 def test_predict_accepts_path_bytes_file_pil_and_arrays(gateway_url, test_images, tmp_path):

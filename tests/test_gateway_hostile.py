@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from serving import stack
+from tests.conftest import running_gateway
 from tests.gateway_stack import gunicorn_pids
 from tests.hostile_images import (
     FUZZER_FINDINGS,
@@ -293,14 +293,9 @@ def test_requests_gunicorn_refuses_get_json_too(gateway_url, what, request_bytes
 @pytest.fixture(scope="module")
 def impatient_gateway(model_server, models_dir):
     """A gateway that gives a request's body 1 s to arrive."""
-    port = stack.free_port()
-    env = {"GATEWAY_WORKERS": "1", "GATEWAY_BODY_TIMEOUT_SECONDS": "1"}
-    process = stack.start_gateway(port, model_server, models_dir, env=env)
-    try:
-        stack.wait_for_http(f"http://127.0.0.1:{port}/readyz", process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stack.stop(process)
+    settings = {"GATEWAY_WORKERS": "1", "GATEWAY_BODY_TIMEOUT_SECONDS": "1"}
+    with running_gateway(model_server, models_dir, settings) as url:
+        yield url
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickled"])
