@@ -108,6 +108,15 @@ def test_an_error_page_that_is_not_the_gateways_json_is_an_invalid_response(serv
     assert "text/html" in raised.value.message and "502 Bad Gateway" in raised.value.message
 
 
+def test_an_error_without_the_gateways_code_is_an_invalid_response(server):
+    """TF Serving's REST port answers {"error": ...} without a code: not the gateway."""
+    server.answer(400, {"error": "Missing model name in request."})
+    with pytest.raises(PixelgateError) as raised:
+        call(server.url, "models", use_async=False)
+    assert (raised.value.code, raised.value.status) == ("invalid_response", 400)
+    assert "Missing model name" in raised.value.message
+
+
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 def test_health_reads_only_the_gateways_readiness_answers(server, use_async):
     server.answer(200, {"ready": True, "models": {"mnist": "AVAILABLE"}})

@@ -114,8 +114,8 @@ def raise_for_error(response: httpx.Response) -> None:
         return
     try:
         body = response.json()
-        message, code = str(body["error"]), str(body.get("code", "error"))
-    except (ValueError, KeyError, TypeError):
+        message, code = str(body["error"]), str(body["code"])  # every gateway error has both
+    except (ValueError, KeyError, TypeError):  # another server's answer: TF Serving's {"error"}, a page
         page = " ".join(response.text[:200].split())
         message, code = f"{_answered(response)}: {page or response.reason_phrase}", "invalid_response"
     raise PixelgateError(message, code=code, status=response.status_code) from None
