@@ -256,6 +256,10 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
+    except (RuntimeError, TimeoutError) as error:  # the log above says why; a traceback would not
+        logger.error("%s. A port in use? --grpc-port/--rest-port/--http-port (MODEL_SERVER_PORT, "
+                     "MODEL_SERVER_REST_PORT, GATEWAY_PORT) choose others", error)
+        return 1
     finally:
         stop(*[p for p in (gateway, model_server) if p is not None])
 

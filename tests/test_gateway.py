@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -233,6 +234,20 @@ def test_the_stack_serves_the_models_its_config_lists(models_dir, tmp_path):
         assert ready == {"ready": True, "models": {"mnist": "AVAILABLE"}}
         listed = requests.get(f"{url}/v1/models", timeout=30).json()["models"]
         assert [entry["name"] for entry in listed] == ["mnist"]
+
+
+def test_the_stack_says_which_setting_to_change_when_its_port_is_taken(models_dir, tmp_path):
+    (tmp_path / "mnist").symlink_to(models_dir / "mnist", target_is_directory=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        finished = subprocess.run(
+            [sys.executable, "-m", "serving.stack", f"--models-dir={tmp_path}", f"--grpc-port={stack.free_port()}",
+             f"--http-port={taken.getsockname()[1]}", "--rest-port=0", "--host=127.0.0.1"],
+            cwd=stack.ROOT, capture_output=True, text=True, timeout=180,
+        )
+    assert finished.returncode == 1
+    assert "GATEWAY_PORT" in finished.stderr and "Traceback" not in finished.stderr
 
 
 def test_the_stack_loads_the_models_from_models_dir_without_a_config(models_dir, tmp_path):
