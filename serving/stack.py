@@ -157,12 +157,11 @@ def model_names_in_config(config_file: Path) -> list[str]:
     return [model.name for model in _read_config(config_file).model_config_list.config]
 
 
-def config_in_models_dir(config_file: Path, models_dir: Path) -> Path:
-    """`config_file` with each model's base_path moved into `models_dir`, keeping the models that
-    have a folder there: the config `--models-dir` alone means, written to a temporary file."""
+def config_in_models_dir(config, models_dir: Path) -> Path:
+    """The config `--models-dir` alone means: `config` (changed in place) keeping the models that have
+    a folder in `models_dir`, each base_path moved there, written to a temporary file."""
     from google.protobuf import text_format
 
-    config = _read_config(config_file)
     models = config.model_config_list.config
     kept = [model for model in models if (models_dir / model.name).is_dir()]
     if not kept:
@@ -183,11 +182,12 @@ def config_in_models_dir(config_file: Path, models_dir: Path) -> Path:
     return written
 
 
-def warn_about_other_base_paths(config_file: Path, models_dir: Path) -> None:
+def warn_about_other_base_paths(config, models_dir: Path) -> None:
     """The gateway reads each model's assets from models_dir/<name>; say so when the model server
     loads that model from somewhere else (its labels could be another model's)."""
-    for model in _read_config(config_file).model_config_list.config:
-        loaded, assets = Path(model.base_path).resolve(), (models_dir / model.name).resolve()
+    for model in config.model_config_list.config:
+        # A relative base_path is the model server's, which starts in ROOT (start_model_server).
+        loaded, assets = (ROOT / model.base_path).resolve(), (models_dir / model.name).resolve()
         if loaded != assets:
             logger.warning("model %s: the model server loads %s, the gateway reads its assets from %s",
                            model.name, loaded, assets)
@@ -212,10 +212,12 @@ def main() -> int:
     models_dir = Path(args.models_dir)
     if args.model_config_file:
         config_file = Path(args.model_config_file)
-        warn_about_other_base_paths(config_file, models_dir)
+        config = _read_config(config_file)
+        warn_about_other_base_paths(config, models_dir)
     else:
-        config_file = config_in_models_dir(ROOT / DEFAULT_MODEL_CONFIG_FILE, models_dir)
-    names = model_names_in_config(config_file)
+        config = _read_config(ROOT / DEFAULT_MODEL_CONFIG_FILE)
+        config_file = config_in_models_dir(config, models_dir)
+    names = [model.name for model in config.model_config_list.config]
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
         flags += batching_flags(Path(args.batching_parameters_file))

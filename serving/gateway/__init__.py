@@ -23,9 +23,9 @@ from serving.gateway.web import blueprint as web_blueprint
 
 logger = logging.getLogger(__name__)
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-               413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-               431: "request_header_fields_too_large"}
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               408: "request_timeout", 413: "payload_too_large", 414: "uri_too_long",
+               415: "unsupported_media_type", 431: "request_header_fields_too_large"}
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
