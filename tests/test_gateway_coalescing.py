@@ -197,6 +197,61 @@ def test_a_call_that_cannot_start_fails_its_requests_and_frees_the_key():
     assert not coalescer._lanes
 
 
+class BlockingCall:
+    """A blocking `call` that stays out until the test releases it; records the thread it ran on."""
+
+    def __init__(self, error: BaseException | None = None):
+        self.started, self.release, self.error = threading.Event(), threading.Event(), error
+        self.thread: int | None = None
+        self.timeout: float | None = None
+        self.request_ids: list[str] = []
+
+    def __call__(self, images: np.ndarray, request_ids: list[str], timeout: float):
+        self.thread, self.timeout, self.request_ids = threading.get_ident(), timeout, request_ids
+        self.started.set()
+        assert self.release.wait(10)
+        if self.error is not None:
+            raise self.error
+        return {"out": images[:, 0] * 10}
+
+
+def test_a_lone_request_makes_its_blocking_call_itself_and_those_queued_meanwhile_share_the_next():
+    calls, blocking, coalescer = Calls(), BlockingCall(), Coalescer(max_images=32, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        def submit(value: float, request_id: str, call=None):
+            def on_thread():
+                images = np.full((1, 3), value, np.float32)
+                answer = coalescer.submit("key", images, 5, calls, read, request_id, call)
+                return threading.get_ident(), answer
+            return pool.submit(on_thread)
+
+        first = submit(1.0, "lone", blocking)
+        assert blocking.started.wait(10)
+        queued = [submit(2.0, "r2", blocking), submit(3.0, "r3", blocking)]
+        wait_queued(coalescer, 2)
+        assert not calls.started  # nothing else goes while the lone request's call is out
+        blocking.release.set()
+        thread, (version, outputs) = first.result(10)
+        assert thread == blocking.thread and blocking.request_ids == ["lone"]
+        assert 4 < blocking.timeout <= 5  # the request's own deadline
+        assert (version, outputs["out"].tolist()) == (7, [10.0])
+        calls.wait_for(1)  # those queued behind it go as one shared call, as behind any call
+        assert sorted(calls.started[0][1]) == ["r2", "r3"]
+        calls.answer(0)
+        assert [future.result(10)[1][1]["out"].tolist() for future in queued] == [[20.0], [30.0]]
+    assert not coalescer._lanes
+
+
+def test_a_failed_blocking_call_fails_its_request_and_frees_the_key():
+    error = grpc.RpcError("unavailable")
+    blocking = BlockingCall(error)
+    blocking.release.set()
+    coalescer = Coalescer(max_images=32, max_in_flight=1)
+    with pytest.raises(grpc.RpcError) as raised:
+        coalescer.submit("key", np.zeros((1, 3), np.float32), 5, Calls(), read, "", blocking)
+    assert raised.value is error and not coalescer._lanes
+
+
 MODELS = ["mnist", "slow", "pooled"]
 
 

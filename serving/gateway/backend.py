@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -163,12 +164,17 @@ class ModelServerClient:
                     return self._start_predict(name, version, input_key, batch, output_keys, timeout,
                                                _joined_request_ids(request_ids))
 
+                def call(batch: np.ndarray, request_ids: list[str], timeout: float) -> Any:
+                    return self._call_predict(name, version, input_key, batch, output_keys, timeout,
+                                              _joined_request_ids(request_ids))
+
                 try:
-                    return self.coalescer.submit(key, images, self.timeout, start_call, _outputs, request_id)
+                    return self.coalescer.submit(key, images, self.timeout, start_call, _outputs, request_id,
+                                                 call)
                 except grpc.RpcError as error:
-                    # Counted once per call by _count_failed_call, not once per request it carried; a
-                    # request whose deadline passed while it queued made no call (its 504 is counted
-                    # with the gateway's requests).
+                    # Counted once per call (_count_failed_call, _call_predict), not once per request
+                    # it carried; a request whose deadline passed while it queued made no call (its 504
+                    # is counted with the gateway's requests).
                     raise from_grpc_error(error) from None
                 except CoalescingError as error:
                     with self._not_coalesced_lock:  # each request of the failed call comes here
@@ -189,12 +195,28 @@ class ModelServerClient:
     def _start_predict(self, name: str, version: int, input_key: str, images: np.ndarray,
                        output_keys: Sequence[str], timeout: float, request_id: str) -> grpc.Future:
         """One Predict call of `images`, as a future whose failure is counted once."""
-        request = _predict_request(name, version, {input_key: images}, output_keys)
-        MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(images))
-        metadata = (("x-request-id", request_id),) if request_id else None
+        request, metadata = self._predict_call(name, version, input_key, images, output_keys, request_id)
         future = self._prediction.Predict.future(request, timeout=timeout, metadata=metadata)
         future.add_done_callback(_count_failed_call)
         return future
+
+    def _call_predict(self, name: str, version: int, input_key: str, images: np.ndarray,
+                      output_keys: Sequence[str], timeout: float,
+                      request_id: str) -> predict_pb2.PredictResponse:
+        """`_start_predict` as a blocking call: its answer, or its grpc.RpcError (counted)."""
+        request, metadata = self._predict_call(name, version, input_key, images, output_keys, request_id)
+        try:
+            return self._prediction.Predict(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            _count_error("Predict", error)
+            raise
+
+    def _predict_call(self, name: str, version: int, input_key: str, images: np.ndarray,
+                      output_keys: Sequence[str], request_id: str) -> tuple[predict_pb2.PredictRequest, Any]:
+        """The request and metadata of a Predict call of `images`, its batch size observed."""
+        MODEL_SERVER_BATCH_IMAGES.labels(name).observe(len(images))
+        metadata = (("x-request-id", request_id),) if request_id else None
+        return _predict_request(name, version, {input_key: images}, output_keys), metadata
 
     def _predict_in_parts(
         self, name: str, version: int, inputs: dict[str, np.ndarray], output_keys: Sequence[str],
