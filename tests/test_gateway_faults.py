@@ -29,6 +29,7 @@ from tests.gateway_stack import (
 
 MODELS = ["mnist", "slow", "labelled"]
 DEADLINE_SECONDS = 8.0  # the gateway's REQUEST_TIMEOUT_SECONDS here
+READINESS_SECONDS = 1.0  # its READINESS_TIMEOUT_SECONDS
 SLOW_SECONDS = 1.5  # how long the "slow" model takes per request (the model server's grace is 5 s)
 IN_FLIGHT = 2
 
@@ -71,7 +72,7 @@ def private_stack(tmp_path_factory, models_dir):
         env={
             "MODELS": ",".join(MODELS),
             "REQUEST_TIMEOUT_SECONDS": str(DEADLINE_SECONDS),
-            "READINESS_TIMEOUT_SECONDS": "1",
+            "READINESS_TIMEOUT_SECONDS": str(READINESS_SECONDS),
             "METADATA_TTL_SECONDS": "1",
             "GATEWAY_GRACEFUL_TIMEOUT": "20",
             # The SIGTERM tests need IN_FLIGHT slow calls out at the model server at once; with
@@ -244,15 +245,22 @@ def test_a_stalled_model_server_answers_504_at_the_deadline(private_stack, digit
     try:
         stalled = post(gateway, "mnist", digit)
         ready = requests.get(f"{gateway.url}/readyz", timeout=30)
+        # The cached metadata has expired (METADATA_TTL_SECONDS 1): the listing asks again.
+        listing = requests.get(f"{gateway.url}/v1/models", timeout=60)
     finally:
         resume(server.process)
     print(
         f"\nstalled model server: {stalled.status} after {stalled.seconds:.1f}s "
-        f"(deadline {DEADLINE_SECONDS}s)"
+        f"(deadline {DEADLINE_SECONDS}s); /readyz {ready.elapsed.total_seconds():.1f}s, "
+        f"/v1/models {listing.elapsed.total_seconds():.1f}s"
     )
     assert stalled.status == 504 and stalled.error.startswith("deadline_exceeded")
     assert DEADLINE_SECONDS * 0.9 <= stalled.seconds < DEADLINE_SECONDS + 10  # the deadline, not a hang
-    assert ready.status_code == 503
+    # The models are asked about at once: one deadline, not one per model (3 here).
+    assert ready.status_code == 503 and ready.elapsed.total_seconds() < 2 * READINESS_SECONDS
+    assert all(state.startswith("UNAVAILABLE") for state in ready.json()["models"].values())
+    assert listing.status_code == 200 and listing.elapsed.total_seconds() < 2 * DEADLINE_SECONDS
+    assert [model["state"] for model in listing.json()["models"]] == ["UNAVAILABLE"] * len(MODELS)
     assert post(gateway, "mnist", digit).status == 200
 
 

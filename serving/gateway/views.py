@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
@@ -36,6 +39,19 @@ def _catalog() -> ModelCatalog:
 
 def _client() -> ModelServerClient:
     return current_app.extensions["pixelgate.client"]
+
+
+Answer = TypeVar("Answer")
+
+
+def _for_each_model(names: list[str], look_up: Callable[[str], Answer]) -> list[Answer]:
+    """`look_up(name)` for every model, all at once, in order: with the model server stalled, a
+    listing or a readiness probe then waits out one call's deadline, not one per model.
+    `look_up` runs on the lookup threads: it gets what it needs from the view, not `current_app`."""
+    if len(names) <= 1:
+        return [look_up(name) for name in names]
+    lookups: Executor = current_app.extensions["pixelgate.lookups"]
+    return list(lookups.map(look_up, names))
 
 
 def describe(info: ModelInfo) -> dict:
@@ -136,13 +152,14 @@ def _preprocess(images: list[bytes], info: ModelInfo) -> tuple[np.ndarray, list[
 @blueprint.get("/v1/models")
 def list_models():
     catalog = _catalog()
-    models = []
-    for name in catalog.model_names():
+
+    def look_up(name: str) -> dict:
         try:
-            models.append({**describe(catalog.resolve(name)), "state": "AVAILABLE"})
+            return {**describe(catalog.resolve(name)), "state": "AVAILABLE"}
         except GatewayError as error:
-            models.append({"name": name, "state": "UNAVAILABLE", "error": error.message})
-    return jsonify({"models": models})
+            return {"name": name, "state": "UNAVAILABLE", "error": error.message}
+
+    return jsonify({"models": _for_each_model(catalog.model_names(), look_up)})
 
 
 @blueprint.get("/v1/models/<name>")
@@ -167,17 +184,20 @@ def healthz():
 
 @blueprint.get("/readyz")
 def readyz():
-    catalog = _catalog()
-    models, ready = {}, True
-    names = catalog.model_names()
-    for name in names:
+    catalog, client = _catalog(), _client()
+    timeout = current_app.config["READINESS_TIMEOUT_SECONDS"]
+
+    def state(name: str) -> str:
         try:
-            states = {v.state for v in _client().status(name, current_app.config["READINESS_TIMEOUT_SECONDS"])}
-            models[name] = "AVAILABLE" if "AVAILABLE" in states else (", ".join(sorted(states)) or "NO_VERSIONS")
-            if models[name] == "AVAILABLE":
+            states = {v.state for v in client.status(name, timeout)}
+            answer = "AVAILABLE" if "AVAILABLE" in states else (", ".join(sorted(states)) or "NO_VERSIONS")
+            if answer == "AVAILABLE":
                 catalog.resolve(name)  # served, but can the gateway feed it? (cached once it can)
+            return answer
         except GatewayError as error:
-            models[name] = f"UNAVAILABLE: {error.message}"
-        ready = ready and models[name] == "AVAILABLE"
-    ready = ready and bool(names)
+            return f"UNAVAILABLE: {error.message}"
+
+    names = catalog.model_names()
+    models = dict(zip(names, _for_each_model(names, state), strict=True))
+    ready = bool(names) and all(value == "AVAILABLE" for value in models.values())
     return jsonify({"ready": ready, "models": models}), (200 if ready else 503)
