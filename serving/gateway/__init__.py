@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -47,8 +46,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                app.config["MAX_IMAGES_PER_CALL"])
     names = [n.strip() for n in app.config["MODELS"].split(",") if n.strip()]
     app.extensions["pixelgate.client"] = client
-    # /v1/models and /readyz ask about every model at once (threads start at first use).
-    app.extensions["pixelgate.lookups"] = ThreadPoolExecutor(8, thread_name_prefix="pixelgate-model-lookup")
     app.extensions["pixelgate.catalog"] = ModelCatalog(
         client, app.config["MODEL_BASE_PATH"], names, app.config["METADATA_TTL_SECONDS"]
     )

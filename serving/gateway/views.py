@@ -6,7 +6,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -42,16 +42,18 @@ def _client() -> ModelServerClient:
 
 
 Answer = TypeVar("Answer")
+MAX_LOOKUP_THREADS = 32
 
 
 def _for_each_model(names: list[str], look_up: Callable[[str], Answer]) -> list[Answer]:
-    """`look_up(name)` for every model, all at once, in order: with the model server stalled, a
-    listing or a readiness probe then waits out one call's deadline, not one per model.
-    `look_up` runs on the lookup threads: it gets what it needs from the view, not `current_app`."""
+    """`look_up(name)` for every model (up to MAX_LOOKUP_THREADS at once), in order: with the model
+    server stalled, a listing or a readiness probe then waits out one call's deadline, not one per
+    model. The threads are this request's own, so a probe never queues behind listings. `look_up`
+    runs on them: it gets what it needs from the view, not from `current_app`."""
     if len(names) <= 1:
         return [look_up(name) for name in names]
-    lookups: Executor = current_app.extensions["pixelgate.lookups"]
-    return list(lookups.map(look_up, names))
+    with ThreadPoolExecutor(min(len(names), MAX_LOOKUP_THREADS), "pixelgate-model-lookup") as lookups:
+        return list(lookups.map(look_up, names))
 
 
 def describe(info: ModelInfo) -> dict:
