@@ -201,14 +201,16 @@ _IMAGE_PART = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a
 @pytest.mark.parametrize(
     ("content_type", "body", "problem"),
     [
-        ("multipart/form-data", _IMAGE_PART + b"\r\n--b--\r\n", "no boundary parameter"),
+        ("multipart/form-data", _IMAGE_PART + b"\r\n--b--\r\n", "no usable boundary parameter"),
         ("multipart/form-data; boundary=other", _IMAGE_PART + b"\r\n--b--\r\n",
          "no part starts with the boundary"),
         ("multipart/form-data; boundary=b", _IMAGE_PART, "ends before the closing boundary"),
         ("multipart/form-data; boundary=b", b"--b\r\nname=image\r\n\r\n" + PNG + b"\r\n--b--\r\n",
          "Content-Disposition"),
+        ("multipart/form-data; boundary=b",
+         _IMAGE_PART.replace(b'"a.png"', b'"\xff.png"') + b"\r\n--b--\r\n", "not UTF-8"),
     ],
-    ids=["no boundary", "another boundary", "cut short", "no part headers"],
+    ids=["no boundary", "another boundary", "cut short", "no part headers", "file name not UTF-8"],
 )
 def test_a_malformed_multipart_body_is_a_400_that_says_what_is_wrong(
     gateway_url, content_type, body, problem

@@ -154,8 +154,10 @@ def _images_from_multipart(request: Request, max_images: int) -> list[bytes]:
 def _multipart_problem(error: ValueError) -> str:
     """Werkzeug's parsing error, in the words of someone who built the request."""
     message = str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return "a part's headers (its field or file name) are not UTF-8"
     if message == "Missing boundary":
-        return "the Content-Type has no boundary parameter (multipart/form-data; boundary=...)"
+        return "the Content-Type has no usable boundary parameter (multipart/form-data; boundary=...)"
     if message.endswith("State.PREAMBLE"):
         return "no part starts with the boundary the Content-Type gives"
     if "cannot parse beyond" in message:
