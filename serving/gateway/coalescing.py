@@ -116,9 +116,7 @@ class Coalescer:
     def _start(self, key: Hashable, lane: _Lane, batch: list[_Waiter], start_call: StartCall,
                read: ReadAnswer) -> None:
         try:
-            images = batch[0].images if len(batch) == 1 else np.concatenate([w.images for w in batch])
-            timeout = max(w.deadline for w in batch) - time.monotonic()
-            future = start_call(images, [w.request_id for w in batch if w.request_id], max(timeout, 0.001))
+            future = start_call(*_call_arguments(batch))
         except BaseException as error:  # noqa: BLE001 - every waiter must hear of it, whatever it is
             self._finish(key, lane, batch, start_call, read, error=error)
             return
@@ -136,8 +134,7 @@ class Coalescer:
         Requests that queue meanwhile go when it returns, as behind any call.
         """
         try:
-            timeout = max(waiter.deadline - time.monotonic(), 0.001)
-            response = call(waiter.images, [waiter.request_id] if waiter.request_id else [], timeout)
+            response = call(*_call_arguments([waiter]))
         except BaseException as error:  # noqa: BLE001 - the waiter must hear of it, whatever it is
             self._finish(key, lane, [waiter], start_call, read, error=error)
         else:
@@ -172,6 +169,13 @@ class Coalescer:
                 del self._lanes[key]  # keys do not pile up as versions come and go
         if following:
             self._start(key, lane, following, start_call, read)
+
+
+def _call_arguments(batch: list[_Waiter]) -> tuple[np.ndarray, list[str], float]:
+    """A call's inputs, its requests' IDs, and its timeout: until the last of their deadlines."""
+    images = batch[0].images if len(batch) == 1 else np.concatenate([w.images for w in batch])
+    timeout = max(w.deadline for w in batch) - time.monotonic()
+    return images, [w.request_id for w in batch if w.request_id], max(timeout, 0.001)
 
 
 def _split(answer: Answer, batch: list[_Waiter]) -> None:
