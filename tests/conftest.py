@@ -124,9 +124,9 @@ def direct_model(models_dir):
 
 @pytest.fixture(scope="session")
 def half_plus_two_models(tmp_path_factory):
-    """TF1-style SavedModels like TF Serving's test models (serving/model_server/half_plus_two.py):
+    """TF1-style SavedModels like TF Serving's test models (tests/model_fixtures/half_plus_two.py):
     `half_plus_two` (version 123: y = x/2 + 2) and `versioned` (123: x/2 + 2, 124: x/2 + 3)."""
-    from serving.model_server.half_plus_two import export_half_plus_two
+    from tests.model_fixtures.half_plus_two import export_half_plus_two
 
     directory = tmp_path_factory.mktemp("half_plus_two")
     export_half_plus_two(directory / "half_plus_two" / "123")

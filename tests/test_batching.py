@@ -30,7 +30,7 @@ from serving.model_server.batching import (
 )
 from serving.model_server.errors import InvalidArgument, ModelServerError
 from serving.model_server.run_options import current_deadline
-from serving.model_server.testing import export_test_model, random_images, write_warmup_requests
+from tests.model_fixtures.keras_classifier import export_test_model, random_images, write_warmup_requests
 from serving.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.tensors import make_ndarray, make_tensor_proto
 

@@ -27,7 +27,7 @@ from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import ModelServerError
 from serving.model_server.manager import ModelManager
 from serving.model_server.run_options import run_timeout
-from serving.model_server.testing import write_warmup_requests
+from tests.model_fixtures.keras_classifier import write_warmup_requests
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"

@@ -23,7 +23,7 @@ from serving.model_server.bundle import session_config
 from serving.model_server.errors import InvalidArgument, ModelServerError, NotFound
 from serving.model_server.manager import ModelManager
 from serving.model_server.server import parse_channel_arguments
-from serving.model_server.testing import write_warmup_requests
+from tests.model_fixtures.keras_classifier import write_warmup_requests
 
 OPTIONS = {"file_system_poll_wait_seconds": 0}
 

@@ -21,7 +21,7 @@ from serving.model_server.config import parse_model_server_config
 from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import FailedPrecondition, ModelServerError, NotFound
 from serving.model_server.manager import ModelManager, VersionState
-from serving.model_server.testing import export_test_model, random_images, write_warmup_requests
+from tests.model_fixtures.keras_classifier import export_test_model, random_images, write_warmup_requests
 
 AVAILABLE, END = VersionState.AVAILABLE, VersionState.END
 # No background polling, no retry waits: each test polls when it wants to.
