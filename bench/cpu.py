@@ -16,18 +16,6 @@ from bench.stats import LoadResult
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its children (gunicorn's workers), as they are now."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return [pid, *children]
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of `pids` (a process that is gone counts 0)."""
     total = 0

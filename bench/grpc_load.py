@@ -1,8 +1,8 @@
 """Load generators for TF Serving's Predict, each over one HTTP/2 connection.
 
 - `run_h2load`: nghttp2's h2load (C), N calls always in flight with one pre-serialized
-  request, gRPC-framed. It costs the shared cores a tenth of what a Python client does, so
-  the model server, not the client, is what gets measured. h2load does not read gRPC's
+  request, gRPC-framed. It leaves the shared cores to the model server (docs/benchmarks.md
+  has the figures), so the server, not the client, is what gets measured. h2load does not read gRPC's
   status trailers, so each run checks the answers by their size (a failed call has no
   message), after one call made with grpcio to learn that size.
 - `run_closed_loop` / `run_open_loop`: grpcio's asyncio client with pre-serialized requests
@@ -124,13 +124,7 @@ def _run(command: list[str], seconds: float) -> dict[str, int]:
 
 
 def run_closed_loop(
-    target: str,
-    requests: list[bytes],
-    concurrency: int,
-    seconds: float,
-    *,
-    label: str,
-    model: str,
+    target: str, requests: list[bytes], concurrency: int, seconds: float, *, label: str, model: str,
     warmup: float = 1.0,
 ) -> LoadResult:
     return asyncio.run(_closed_loop(target, requests, concurrency, seconds, warmup, label, model))

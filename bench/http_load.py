@@ -117,14 +117,8 @@ def run_wrk(
 
 
 def run_python_closed_loop(
-    url: str,
-    bodies: list[bytes],
-    content_type: str,
-    concurrency: int,
-    seconds: float,
-    *,
-    label: str,
-    model: str,
+    url: str, bodies: list[bytes], content_type: str, concurrency: int, seconds: float, *,
+    label: str, model: str,
 ) -> LoadResult:
     return asyncio.run(_closed_loop(url, bodies, content_type, concurrency, seconds, label, model))
 

@@ -189,23 +189,23 @@ def test_runs_that_shared_the_machine_are_measured_and_marked():
 def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, workload, monkeypatch):
     import argparse
 
-    import bench.__main__ as bench_main
+    from bench import phases
 
     order = []
-    measure = bench_main.with_cpu
+    measure = phases.with_cpu
 
     def recorded(pids, run):
         measured = measure(pids, run)
         order.append((measured.target, measured.concurrency))
         return measured
 
-    monkeypatch.setattr(bench_main, "with_cpu", recorded)
+    monkeypatch.setattr(phases, "with_cpu", recorded)
     args = argparse.Namespace(http_concurrency=[1, 2], rounds=2, seconds=0.5)
     targets = [
         (report.GATEWAY, f"{gateway_url}/v1/models/mnist:predict", [os.getpid()]),
         (report.TUTORIAL, f"{gateway_url}/v1/models/no_such_model:predict", [os.getpid()]),
     ]
-    gateway, refused = bench_main.http_runs(args, targets, workload, wrk=None)
+    gateway, refused = phases.http_runs(args, targets, workload, wrk=None)
     # Round by round, each target in turn, each first in every other round: a slower or faster
     # machine meanwhile weighs on both.
     gateway_1, tutorial_1, gateway_2, tutorial_2 = (

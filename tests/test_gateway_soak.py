@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from bench.soak import listening_pid, print_report, run_soak
+from bench.processes import listening_pid
+from bench.soak import run_soak
+from bench.soak_report import print_report
 
 
 def test_a_short_soak_reports_errors_latency_and_memory(gateway_url, model_server):

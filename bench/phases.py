@@ -1,0 +1,209 @@
+"""The measured phases of `python -m bench`: each puts a load on one kind of server and adds
+its results to the report. `args` is the command line's namespace (bench/__main__.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import grpc
+
+from bench import grpc_load, http_load, report, servers
+from bench.cpu import with_cpu
+from bench.processes import process_tree, worker_rss_mb
+from bench.stats import LoadResult
+from bench.workload import MULTIPART_CONTENT_TYPE, Workload
+from serving import stack
+
+logger = logging.getLogger("bench")
+# The unmeasured load before each measured HTTP run (h2load's runs have one of their own).
+WARMUP_SECONDS = 1.0
+
+
+def gateway_import_footprint() -> dict:
+    """A fresh interpreter importing the gateway and building its app: seconds, peak RSS, TensorFlow?"""
+    code = (
+        "import json, sys, time\n"
+        "start = time.perf_counter()\n"
+        "from serving.gateway import create_app\n"
+        "create_app({'MODEL_SERVER': '127.0.0.1:9'})\n"
+        "seconds = time.perf_counter() - start\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(json.dumps({'import_seconds': seconds, 'tensorflow_imported': 'tensorflow' in sys.modules,\n"
+        "                  'import_rss_mb': int(peak) / 1024}))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=servers.ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def in_process_limit(name: str, models_dir: Path, data_dir: str, seconds: float) -> dict[int, float]:
+    logger.info("%s: in-process limit", name)
+    output = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", "--models-dir", str(models_dir), "--data-dir", data_dir,
+         "--model", name, "--seconds", str(seconds)],
+        cwd=servers.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=stack.model_server_environment(),  # the model server's, so the limit is the same model's
+    ).stdout
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return {row["batch_size"]: row["images_per_second"] for row in rows}
+
+
+def first_request_latency(target: str, workload: Workload, warmup: str) -> dict:
+    """The first Predict a fresh server answers for a model, against the ones after it."""
+    requests = workload.predict_requests()
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        predict = channel.unary_unary(grpc_load.PREDICT)
+        timings = []
+        for request in requests * 4:
+            start = time.perf_counter()
+            predict(request, timeout=30)
+            timings.append((time.perf_counter() - start) * 1000)
+    return {
+        "model": workload.model,
+        "warmup": warmup,
+        "first_ms": timings[0],
+        "later_ms": statistics.median(timings[1:]),
+        "later_count": len(timings) - 1,
+    }
+
+
+def best_of(rounds: int, run: Callable[[], LoadResult]) -> LoadResult:
+    return max((run() for _ in range(max(rounds, 1))), key=lambda result: result.throughput)
+
+
+def grpc_runs(
+    args,
+    result: report.Report,
+    label: str,
+    target: str,
+    pid: int,
+    workload: Workload,
+    concurrencies: list[int] | None = None,
+) -> None:
+    """Single-image Predict at each of the concurrencies, with the serving process's CPU."""
+    for concurrency in concurrencies or args.concurrency:
+        closed_loop = (
+            partial(grpc_load.run_h2load, args.h2load) if args.h2load else grpc_load.run_closed_loop
+        )
+        run = partial(
+            closed_loop, target, workload.predict_requests(), concurrency, args.seconds,
+            label=label, model=workload.model,
+        )
+        result.results.append(best_of(args.rounds, partial(with_cpu, [pid], run)))
+
+
+def grpc_half_saturation(args, result: report.Report, target: str, pid: int, workload: Workload) -> None:
+    """A fixed arrival rate of half the best closed-loop throughput: latency below saturation."""
+    saturation = result.best(report.SERVER_BATCHING, workload.model)
+    if saturation:
+        run = partial(
+            grpc_load.run_open_loop, target, workload.predict_requests(), saturation.throughput / 2,
+            args.seconds, label=report.SERVER_BATCHING, model=workload.model,
+        )
+        result.results.append(with_cpu([pid], run))
+
+
+def http_runs(
+    args, targets: list[tuple[str, str, list[int]]], workload: Workload, wrk: str | None
+) -> list[list[LoadResult]]:
+    """The HTTP loads at each concurrency against every (label, url, pids) target, each target's
+    best of `args.rounds`; the targets take turns round by round, so that a machine that slows
+    down or speeds up meanwhile weighs on each of them alike. Each measured run follows a
+    second of the same load, unmeasured: a server whose caches the other one's run evicted
+    starts warm, as the gRPC runs do. One list of results per target."""
+    bodies = workload.multipart_bodies()
+    results: list[list[LoadResult]] = [[] for _ in targets]
+    for concurrency in args.http_concurrency:
+        rounds: list[list[LoadResult]] = [[] for _ in targets]
+        for round_ in range(max(args.rounds, 1)):
+            # Each target goes first in every other round: neither always runs after the other.
+            order = list(enumerate(targets))
+            for index, (label, url, pids) in order if round_ % 2 == 0 else order[::-1]:
+                if wrk:
+                    run = partial(http_load.run_wrk, wrk, url, bodies, MULTIPART_CONTENT_TYPE, concurrency)
+                else:
+                    run = partial(
+                        http_load.run_python_closed_loop, url, bodies, MULTIPART_CONTENT_TYPE, concurrency
+                    )
+                options = {"label": label, "model": workload.model}
+                run(WARMUP_SECONDS, **options)
+                rounds[index].append(with_cpu(pids, partial(run, args.seconds, **options)))
+        for index, measured in enumerate(rounds):
+            results[index].append(max(measured, key=lambda result: result.throughput))  # as best_of
+    return results
+
+
+def run_gateway(
+    args,
+    result: report.Report,
+    workloads: dict[str, Workload],
+    server: servers.model_server,
+    models_dir: Path,
+    wrk: str | None,
+    logs: Path,
+) -> list[LoadResult]:
+    """The gateway's runs, and the tutorial app's taking turns with them (unless skipped): its
+    results are returned, for the table to list them after the other servers' as before."""
+    environment = {"LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"), "MODELS": ",".join(workloads)}
+    if args.gateway_workers:
+        environment["GATEWAY_WORKERS"] = args.gateway_workers
+    if args.gateway_threads:
+        environment["GATEWAY_THREADS"] = args.gateway_threads
+    tutorial_results: list[LoadResult] = []
+    with servers.gateway(server.target, models_dir, environment, logs / "gateway.log") as (base, gateway):
+        pids = [server.pid, *process_tree(gateway.pid)]  # the gateway's CPU is counted with the server's
+        for name, workload in workloads.items():
+            url = f"{base}/v1/models/{name}:predict"
+            servers.post_until_ok(url, workload, gateway)
+            with contextlib.ExitStack() as apps:
+                targets = [(report.GATEWAY, url, pids)]
+                if "tutorial" not in args.skip:
+                    tutorial_url, tutorial_pid = apps.enter_context(
+                        servers.tutorial_app(workload, models_dir, logs)
+                    )
+                    targets.append((report.TUTORIAL, tutorial_url, [tutorial_pid]))
+                measured = http_runs(args, targets, workload, wrk)
+            result.results.extend(measured[0])
+            if len(measured) > 1:
+                tutorial_results.extend(measured[1])
+            saturation = result.best(report.GATEWAY, name)
+            if saturation:
+                run = partial(
+                    http_load.run_python_open_loop, url, workload.multipart_bodies(), MULTIPART_CONTENT_TYPE,
+                    saturation.throughput / 2, label=report.GATEWAY, model=name,
+                )
+                run(WARMUP_SECONDS)  # after the tutorial app's last run, as before each closed loop
+                result.results.append(with_cpu(pids, partial(run, args.seconds)))
+        result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
+    return tutorial_results
+
+
+def run_floor(args, result: report.Report, workloads: dict[str, Workload], logs: Path) -> None:
+    """The same gRPC load against a Python PredictionService that runs no model (bench/grpc_floor.py)."""
+    for name, workload in workloads.items():
+        with servers.grpc_floor(name, logs) as (target, pid):
+            grpc_runs(args, result, report.FLOOR, target, pid, workload)
+
+
+def run_tutorial(
+    args, result: report.Report, workload: Workload, models_dir: Path, wrk: str | None, logs: Path
+) -> None:
+    """The tutorial app on its own (when the gateway's runs are skipped)."""
+    with servers.tutorial_app(workload, models_dir, logs) as (url, pid):
+        result.results.extend(http_runs(args, [(report.TUTORIAL, url, [pid])], workload, wrk)[0])

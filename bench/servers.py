@@ -1,0 +1,175 @@
+"""The servers `python -m bench` measures, each started on a free port for a `with` block:
+the embedded model server, the gateway, the gRPC floor and the tutorial Flask app; and the
+models they serve, trained once when missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.processes import process_tree
+from bench.workload import MULTIPART_CONTENT_TYPE, Workload
+from serving import stack
+
+logger = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_models(names: list[str], models_dir: Path, fallback_dir: Path, data_dir: str) -> Path:
+    """The directory holding every model: `models_dir` if complete, else `fallback_dir`, trained as needed."""
+
+    def has_version(directory: Path, name: str) -> bool:
+        return (directory / name).is_dir() and any(p.name.isdigit() for p in (directory / name).iterdir())
+
+    if all(has_version(models_dir, name) for name in names):
+        return models_dir.resolve()
+    for name in names:
+        if not has_version(fallback_dir, name):
+            logger.info("training a quick %s model into %s (once; later runs reuse it)", name, fallback_dir)
+            subprocess.run(
+                [sys.executable, "-m", "training", "train", "--model", name, "--profile", "quick",
+                 "--models-dir", str(fallback_dir), "--data-dir", data_dir],
+                cwd=ROOT,
+                check=True,
+            )
+    return fallback_dir.resolve()
+
+
+def write_model_config(names: list[str], models_dir: Path, path: Path) -> Path:
+    entries = "".join(
+        f'  config {{ name: "{name}" base_path: "{models_dir / name}" model_platform: "tensorflow" }}\n'
+        for name in names
+    )
+    path.write_text(f"model_config_list {{\n{entries}}}\n")
+    return path
+
+
+class model_server:  # noqa: N801 - used as a context manager, reads like one
+    """The embedded model server on a free port, for the length of a `with` block."""
+
+    def __init__(self, config_file: Path, log_path: Path, *flags: str) -> None:
+        self.config_file, self.log_path, self.flags = config_file, log_path, flags
+
+    def __enter__(self) -> model_server:
+        port = stack.free_port()
+        logger.info("starting the model server %s", " ".join(self.flags))
+        self.log = self.log_path.open("w")
+        self.process = stack.start_model_server(
+            port,
+            self.config_file,
+            "--file_system_poll_wait_seconds=0",
+            *self.flags,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=stack.model_server_environment(),  # as `make serve` runs it
+        )
+        names = stack.model_names_in_config(self.config_file)
+        stack.wait_for_models(f"127.0.0.1:{port}", names, self.process, timeout=300)
+        self.target, self.pid = f"127.0.0.1:{port}", self.process.pid
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stack.stop(self.process)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def gateway(
+    model_server_target: str, models_dir: Path, environment: dict[str, str], log_path: Path
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The gateway with all its workers forked: (its base URL, its gunicorn master)."""
+    port = stack.free_port()
+    logger.info("starting the gateway %s", environment)
+    with log_path.open("w") as log:
+        process = stack.start_gateway(
+            port, model_server_target, models_dir, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            stack.wait_for_http(f"{base}/readyz", process)
+            # The first worker up answers /readyz while gunicorn may still be forking the others,
+            # whose CPU would then count as other processes'.
+            workers = int(environment.get("GATEWAY_WORKERS") or os.environ.get("GATEWAY_WORKERS")
+                          or len(os.sched_getaffinity(0)))  # gunicorn.conf.py's default
+            deadline = time.monotonic() + 60
+            while len(process_tree(process.pid)) < 1 + workers and process.poll() is None:
+                if time.monotonic() > deadline:
+                    logger.warning("the gateway has %d of %d workers after 60 s; their CPU counts as others'",
+                                   len(process_tree(process.pid)) - 1, workers)
+                    break
+                time.sleep(0.1)
+            yield base, process
+        finally:
+            stack.stop(process)
+
+
+@contextlib.contextmanager
+def grpc_floor(model: str, logs: Path) -> Iterator[tuple[str, int]]:
+    """bench/grpc_floor.py's PredictionService, answering: (its target, its pid)."""
+    port = stack.free_port()
+    with (logs / "floor.log").open("w") as log:
+        floor = subprocess.Popen(
+            [sys.executable, "-m", "bench.grpc_floor", f"--port={port}", f"--model={model}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            if floor.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the gRPC floor server did not start; see {logs / 'floor.log'}")
+            yield f"127.0.0.1:{port}", floor.pid
+        finally:
+            stack.stop(floor)
+            floor.stdout.close()
+
+
+@contextlib.contextmanager
+def tutorial_app(workload: Workload, models_dir: Path, logs: Path) -> Iterator[tuple[str, int]]:
+    """The tutorial Flask app serving `workload`'s model, answering: (its predict URL, its pid)."""
+    port = stack.free_port()
+    version = max(int(p.name) for p in (models_dir / workload.model).iterdir() if p.name.isdigit())
+    logger.info("starting the tutorial Flask app for %s", workload.model)
+    with (logs / f"tutorial-{workload.model}.log").open("w") as log:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "bench.tutorial_app",
+             "--model-dir", str(models_dir / workload.model / str(version)), "--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/predict"
+            post_until_ok(url, workload, app)
+            yield url, app.pid
+        finally:
+            stack.stop(app)
+
+
+def post_until_ok(url: str, workload: Workload, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for the server to answer one real upload (and warm it with a few more)."""
+    body = workload.multipart_bodies()[0]
+    deadline = time.monotonic() + timeout
+    answered = 0
+    while answered < 5:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with status {process.returncode}")
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": MULTIPART_CONTENT_TYPE})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                json.loads(response.read())
+                answered += 1
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within {timeout:.0f}s") from None
+            time.sleep(0.3)
