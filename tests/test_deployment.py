@@ -118,7 +118,7 @@ def test_monitoring_config_parses_and_is_scraped_where_it_serves():
 
 def test_tf_serving_runs_the_graphs_training_exports(models_dir):
     """TF Serving 2.20 runs graphs whose min_consumer its GraphDef version reaches (and TF 2.20's
-    session loader gave the same outputs as 2.21 for these exports: README, "Deployment")."""
+    session loader gave the same outputs as 2.21 for these exports: docs/deployment.md)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     for name in MODELS:
@@ -146,7 +146,7 @@ def test_tf_serving_command_lines_use_real_flags(where):
 
 def test_every_config_file_server_keeps_labels_across_restarts():
     """TF Serving assigns version labels before it loads anything: without this flag, a restart
-    with a labelled config (README, "Deployment") fails. KServe's runtime has no config file."""
+    with a labelled config (docs/deployment.md) fails. KServe's runtime has no config file."""
     for where, arguments in tf_serving_command_lines().items():
         if where != "kserve":
             assert flag_values(arguments)["allow_version_labels_for_unavailable_models"] == "true", where
@@ -290,12 +290,11 @@ def test_readiness_probe_waits_for_every_model(states, ready):
     assert (result.returncode == 0) == ready, result.stderr.decode()
 
 
-# ---- README ------------------------------------------------------------------------------------
+# ---- docs/deployment.md --------------------------------------------------------------------------
 
 def test_readme_deployment_configs_parse():
-    """The config entries the README says to paste are ones TF Serving accepts."""
-    readme = (ROOT / "README.md").read_text()
-    deployment = readme.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
+    """The config entries docs/deployment.md says to paste are ones TF Serving accepts."""
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
     blocks = re.findall(r"```proto\n(.*?)```", deployment, re.DOTALL)
     assert len(blocks) >= 2
     for block in blocks:
