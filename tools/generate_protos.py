@@ -2,8 +2,9 @@
 
 The tensorflow-serving-api wheel imports `tensorflow.core.framework...`, which runs
 TensorFlow's __init__ (~600 MB, seconds). This script takes the descriptors those
-wheels ship, re-emits them with grpcio-tools under `serving.protos.`, so the gateway
-and the SDK need only protobuf + grpcio. Run it (needs tensorflow + tensorflow-serving-api):
+wheels ship, re-emits them with grpcio-tools (with .pyi stubs, for mypy) under
+`serving.protos.`, so the gateway and the SDK need only protobuf + grpcio. Run it (needs
+tensorflow + tensorflow-serving-api):
 
     .venv/bin/python tools/generate_protos.py
 """
@@ -23,6 +24,8 @@ from google.protobuf import descriptor_pb2
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "serving" / "protos"
 PACKAGE = "serving.protos"
+# The generated files' top-level packages, re-rooted under PACKAGE.
+TOP_PACKAGES = "(tensorflow|tensorflow_serving|tsl|xla)"
 API_MODULES = [
     "tensorflow_serving.apis.predict_pb2",
     "tensorflow_serving.apis.classification_pb2",
@@ -64,20 +67,18 @@ def main() -> None:
         generated = Path(tmp) / "out"
         generated.mkdir()
         for name in files:
-            outputs = [f"--python_out={generated}"]
+            outputs = [f"--python_out={generated}", f"--pyi_out={generated}"]
             if name in SERVICES:
                 outputs.append(f"--grpc_python_out={generated}")
-            subprocess.run(
-                [sys.executable, "-m", "grpc_tools.protoc", f"--descriptor_set_in={descriptor_set}", *outputs, name],
-                check=True,
-            )
+            protoc = [sys.executable, "-m", "grpc_tools.protoc", f"--descriptor_set_in={descriptor_set}"]
+            subprocess.run([*protoc, *outputs, name], check=True)
         for path in OUT.iterdir():
             if path.is_dir():
                 shutil.rmtree(path)
-        for source in generated.rglob("*.py"):
+        for source in [*generated.rglob("*.py"), *generated.rglob("*.pyi")]:
             text = source.read_text()
-            text = re.sub(r"^from (tensorflow|tensorflow_serving|tsl|xla)([. ])", rf"from {PACKAGE}.\1\2", text, flags=re.M)
-            text = re.sub(r"^import (tensorflow|tensorflow_serving|tsl|xla)\.", rf"import {PACKAGE}.\1.", text, flags=re.M)
+            text = re.sub(rf"^from {TOP_PACKAGES}([. ])", rf"from {PACKAGE}.\1\2", text, flags=re.M)
+            text = re.sub(rf"^import {TOP_PACKAGES}\.", rf"import {PACKAGE}.\1.", text, flags=re.M)
             target = OUT / source.relative_to(generated)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
