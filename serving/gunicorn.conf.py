@@ -1,33 +1,34 @@
-"""gunicorn settings for the gateway; every value can be overridden by an environment variable."""
+"""gunicorn settings for the gateway, from the gateway's settings (serving/gateway/config.py)."""
 
 import gc
 import os
 import socket
+import sys
+from pathlib import Path
 
-bind = f"{os.environ.get('GATEWAY_HOST', '0.0.0.0')}:{os.environ.get('GATEWAY_PORT', '8000')}"
-# Decoding and preprocessing hold the GIL, so one process per core the gateway may use (its CPU
-# affinity: a container's or taskset's share, not the host's count). Most of a request's time
-# is the wait on the model server, so 16 threads each keep enough requests in flight for the
-# model server to batch them, and let up to 16 kept-alive connections per worker keep their
-# thread between requests (http_worker.py): 16 cost the workers less CPU per request than 8
-# at concurrency 16, the same at 32, and answered as many or more requests per second
-# (docs/benchmarks.md).
-workers = int(os.environ.get("GATEWAY_WORKERS", len(os.sched_getaffinity(0))))
-threads = int(os.environ.get("GATEWAY_THREADS", 16))
-# gthread, answering gunicorn's own errors (URI too long, bad headers) as JSON like the app does,
-# and refusing new connections as soon as a graceful stop begins.
+# gunicorn's own script does not put the working directory on sys.path before reading this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from serving.gateway.config import load_config  # noqa: E402
+
+settings = load_config()  # a bad value stops gunicorn here, with the variable's name
+bind = f"{settings['GATEWAY_HOST']}:{settings['GATEWAY_PORT']}"
+# Decoding and preprocessing hold the GIL: one process per core the gateway may use. Most of a
+# request's time is the wait on the model server: enough threads each keep requests in flight
+# for the model server to batch, and let kept-alive connections keep their thread (http_worker.py).
+workers = settings["GATEWAY_WORKERS"]
+threads = settings["GATEWAY_THREADS"]
+# gthread, answering gunicorn's own errors as JSON and refusing new connections once a graceful
+# stop begins.
 worker_class = "serving.gateway.http_worker.GatewayThreadWorker"
-# Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections
-# evenly over them. On one shared socket whichever worker wins the accept race keeps the
-# connection: under a burst of connections one worker often got all of them (all 32 of wrk's in
-# one run of three), its GIL capping the gateway at one core while the other worker idled.
-# GATEWAY_REUSE_PORT=false goes back to one socket shared by all workers.
-reuse_port = os.environ.get("GATEWAY_REUSE_PORT", "true").strip().lower() not in ("0", "false", "no", "off")
-timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", 30))
-graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", 20))
+# A SO_REUSEPORT socket per worker: the kernel spreads new connections evenly over the workers,
+# where on one shared socket one worker may win every accept of a burst.
+reuse_port = settings["GATEWAY_REUSE_PORT"]
+timeout = settings["GATEWAY_WORKER_TIMEOUT"]
+graceful_timeout = settings["GATEWAY_GRACEFUL_TIMEOUT"]
 keepalive = 5
 accesslog = None  # the app logs one line per request itself
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = settings["LOG_LEVEL"].lower()
 
 
 def on_starting(server):
@@ -53,12 +54,8 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Leave the loaded app's objects out of garbage collection from now on.
-
-    Flask, NumPy, Pillow and the protos leave ~50,000 long-lived objects; each full collection
-    walked them all under the GIL (20-40 ms, stalling every request of the worker, seen in the
-    tail latency). Frozen, a collection looks only at what requests allocate.
-    """
+    """Leave the loaded app's objects out of garbage collection from now on: a full collection
+    would walk them all under the GIL, stalling every request of the worker."""
     gc.collect()
     gc.freeze()
 

@@ -1,4 +1,7 @@
-"""Gateway settings: documented defaults, overridden by environment variables, then by a test mapping."""
+"""The gateway's settings, all of them: documented defaults, overridden by environment variables
+of the same name, then by a mapping (a test's). The app, the gunicorn config, the HTTP worker and
+logging read them here; a value that does not parse is a ValueError that names the variable.
+"""
 
 from __future__ import annotations
 
@@ -34,39 +37,50 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_SERVER_TLS_KEY": "",  # PEM key of that certificate
     "MODEL_SERVER_TLS_SERVER_NAME": "",  # name to expect in the server's certificate, if not the host's
     "LOG_FORMAT": "json",  # "json" (one object per line) or "text"
+    "LOG_LEVEL": "INFO",
+    # The gunicorn process (serving/gunicorn.conf.py and serving/gateway/http_worker.py):
+    "GATEWAY_HOST": "0.0.0.0",
+    "GATEWAY_PORT": 8000,
+    "GATEWAY_WORKERS": len(os.sched_getaffinity(0)),  # one per core the gateway may use: decoding holds the GIL
+    "GATEWAY_THREADS": 16,  # per worker; most of a request's time is the wait on the model server
+    "GATEWAY_REUSE_PORT": True,  # a SO_REUSEPORT socket per worker; false: one socket shared by all
+    "GATEWAY_WORKER_TIMEOUT": 30,
+    "GATEWAY_GRACEFUL_TIMEOUT": 20,
+    "GATEWAY_BODY_TIMEOUT_SECONDS": 30.0,  # a request's whole body must arrive within this
 }
 
-_TYPES = {key: type(value) for key, value in DEFAULTS.items()}
-_BOOLEANS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-    "": False,
-}
+_POSITIVE = frozenset({"GATEWAY_BODY_TIMEOUT_SECONDS"})  # 0 or less would refuse every body
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_boolean(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case; empty is false); anything else is a ValueError."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{text[:32]!r} is not a boolean (true/false)")
 
 
 def _convert(key: str, text: str, kind: type) -> Any:
-    if kind is bool:
-        if text.strip().lower() not in _BOOLEANS:
-            raise ValueError(f"environment variable {key}={text!r} is not a boolean (true/false)")
-        return _BOOLEANS[text.strip().lower()]
     try:
-        return kind(text)
-    except ValueError as error:
-        raise ValueError(f"environment variable {key}={text!r} is not a valid {kind.__name__}") from error
+        value = parse_boolean(text) if kind is bool else kind(text)
+    except ValueError:
+        raise ValueError(f"environment variable {key}={text!r} is not a valid {kind.__name__}") from None
+    if key in _POSITIVE and not value > 0:
+        raise ValueError(f"environment variable {key}={text!r} must be greater than zero")
+    return value
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict:
+def load_config(overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Defaults, then environment variables of the same name, then `overrides`."""
     environ = os.environ if environ is None else environ
     config = dict(DEFAULTS)
-    for key, kind in _TYPES.items():
+    for key, default in DEFAULTS.items():
         if key in environ:
-            config[key] = _convert(key, environ[key], kind)
+            config[key] = _convert(key, environ[key], type(default))
     config.update(overrides or {})
     return config

@@ -1,4 +1,4 @@
-"""The gateway's errors: one small hierarchy, one table to HTTP statuses, one from gRPC codes.
+"""The gateway's errors: one small hierarchy, one table from HTTP statuses to codes, one from gRPC codes.
 
 Every error answers JSON `{"error": "<for a person>", "code": "<stable machine code>"}`.
 """
@@ -84,3 +84,21 @@ def from_grpc_error(error: grpc.RpcError) -> GatewayError:
     if error_class is DeadlineExceededError:
         return DeadlineExceededError(f"model server did not answer in time: {details}")
     return error_class(details)
+
+
+# The code of an HTTP error that is not a GatewayError (Werkzeug's, or gunicorn's own answers).
+CODE_BY_HTTP_STATUS: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
+
+from serving.gateway.config import load_config
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -47,10 +48,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str | None = None, level: str | None = None) -> None:
-    """Configure the root logger once per process (an entry point calls this)."""
-    log_format = (log_format or os.environ.get("LOG_FORMAT", "json")).lower()
+    """Configure the root logger once per process (an entry point calls this); LOG_FORMAT and
+    LOG_LEVEL from the settings unless given."""
+    settings = load_config()
+    log_format = (log_format or settings["LOG_FORMAT"]).lower()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    root.setLevel((level or settings["LOG_LEVEL"]).upper())

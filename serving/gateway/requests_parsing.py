@@ -13,6 +13,7 @@ from typing import IO
 from flask import Request
 from werkzeug.formparser import FormDataParser
 
+from serving.gateway.config import parse_boolean
 from serving.gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 SUPPORTED_TYPES = (
@@ -56,6 +57,7 @@ class PredictOptions:
     top_k: int
     version: int | None
     label: str | None
+    debug: bool = False  # answer what the model saw, per image
 
 
 def parse_options(request: Request, default_top_k: int, max_top_k: int) -> PredictOptions:
@@ -73,7 +75,15 @@ def parse_options(request: Request, default_top_k: int, max_top_k: int) -> Predi
         raise InvalidRequestError(
             "'label' must be 1 to 64 letters, digits, '-' or '_'", code="invalid_version"
         )
-    return PredictOptions(top_k=top_k, version=version, label=label)
+    return PredictOptions(top_k=top_k, version=version, label=label, debug=_debug(args.get("debug")))
+
+
+def _debug(value: str | None) -> bool:
+    try:
+        return parse_boolean(value or "")
+    except ValueError:
+        raise InvalidRequestError(f"'debug' must be true or false, got {(value or '')[:32]!r}",
+                                  code="invalid_debug") from None
 
 
 def _positive_int(value: str | None, name: str, default):

@@ -3,5 +3,5 @@
 from serving.gateway import create_app
 from serving.gateway.logging_setup import configure_logging
 
-configure_logging()  # LOG_FORMAT (json | text) and LOG_LEVEL from the environment
+configure_logging()  # LOG_FORMAT (json | text) and LOG_LEVEL from the settings
 app = create_app()

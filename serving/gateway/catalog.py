@@ -1,0 +1,156 @@
+"""Which models the gateway serves, and what it needs of each served version: input and output
+keys, image shape, classes and preprocessing, learned at run time from the model server's
+metadata and the version's assets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.gateway.errors import ModelMisconfiguredError, ModelNotFoundError
+from serving.gateway.model_server_client import ModelServerClient
+from serving.gateway.preprocess import PreprocessingSpec
+from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One served model version, as the gateway needs it."""
+
+    name: str
+    version: int
+    input_key: str
+    output_key: str
+    spec: PreprocessingSpec
+    classes: tuple[str, ...]
+    test_accuracy: float | None = None  # the headline figure of the version's evaluation.json
+
+
+class ModelCatalog:
+    """Which models exist, and for each served version its input key, shape, classes and spec.
+
+    Versions never change once exported, so (name, version) is cached for good; which
+    version is "latest" (or carries a label) is re-asked after `ttl` seconds.
+    """
+
+    def __init__(self, client: ModelServerClient, base_path: str | Path, names: Sequence[str] = (), ttl: float = 2.0):
+        self.client = client
+        self.base_path = Path(base_path)
+        self.configured_names = tuple(names)
+        self.ttl = ttl
+        self._infos: dict[tuple[str, int], ModelInfo] = {}
+        self._latest: dict[tuple[str, str | None], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._scanned: tuple[float, list[str]] | None = None
+
+    def model_names(self) -> list[str]:
+        if self.configured_names:
+            return list(self.configured_names)
+        # Every request checks its model name: scan the directory at most once per `ttl`.
+        scanned = self._scanned
+        if scanned is None or time.monotonic() - scanned[0] >= self.ttl:
+            scanned = (time.monotonic(), self._scan_model_directories())
+            self._scanned = scanned
+        return list(scanned[1])
+
+    def _scan_model_directories(self) -> list[str]:
+        try:
+            return sorted(
+                path.name
+                for path in self.base_path.iterdir()
+                if path.is_dir() and MODEL_NAME_PATTERN.fullmatch(path.name)
+                and any(p.name.isdigit() for p in path.iterdir())
+            )
+        except OSError:  # missing or unreadable: no models, as the readiness probe will say
+            return []
+
+    def check_name(self, name: str) -> None:
+        # The name must be one the gateway serves before it is used anywhere, a path above all.
+        if not MODEL_NAME_PATTERN.fullmatch(name) or name not in self.model_names():
+            shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
+            raise ModelNotFoundError(f"unknown model {shown}; available: {', '.join(self.model_names()) or 'none'}")
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ModelInfo:
+        """The ModelInfo of the version a request for (name, version | label | latest) goes to."""
+        self.check_name(name)
+        if version is None:
+            key = (name, label)
+            cached = self._latest.get(key)
+            if cached and time.monotonic() - cached[0] < self.ttl:
+                version = cached[1]
+        if version is not None and (name, version) in self._infos:
+            return self._infos[(name, version)]
+        served_version, signature = self.client.signature(name, version, label)
+        info = self._build_info(name, served_version, signature)
+        with self._lock:
+            self._infos[(name, served_version)] = info
+            if version is None:
+                self._latest[(name, label)] = (time.monotonic(), served_version)
+        return info
+
+    def forget(self, name: str) -> None:
+        """Drop cached 'latest' answers, e.g. after the model server said a version is gone."""
+        with self._lock:
+            for key in [k for k in self._latest if k[0] == name]:
+                del self._latest[key]
+
+    def _build_info(self, name: str, version: int, signature: meta_graph_pb2.SignatureDef) -> ModelInfo:
+        assets = self.base_path / name / str(version) / "assets"
+        spec_values = _read_json(assets / "preprocessing.json")
+        if not isinstance(spec_values, dict):
+            raise ModelMisconfiguredError(
+                f"model '{name}' version {version}: assets/preprocessing.json is not a JSON object")
+        input_key = _single_key(signature.inputs, spec_values.get("input_key"), "input", name)
+        output_key = _single_key(signature.outputs, spec_values.get("output_key"), "output", name)
+        dims = [d.size for d in signature.inputs[input_key].tensor_shape.dim]
+        if len(dims) != 4:
+            raise ModelNotFoundError(f"model '{name}' takes input of rank {len(dims)}, not an image batch [N,H,W,C]")
+        try:
+            spec = PreprocessingSpec.from_mapping(spec_values, height=dims[1], width=dims[2], channels=dims[3])
+        except (TypeError, ValueError) as error:
+            raise ModelMisconfiguredError(
+                f"model '{name}' version {version}: assets/preprocessing.json cannot be used: {error}") from None
+        output_dims = [d.size for d in signature.outputs[output_key].tensor_shape.dim]
+        class_count = max(output_dims[-1], 0) if output_dims else 0  # -1: unknown until it answers
+        classes = _read_labels(assets / "labels.txt") or tuple(str(i) for i in range(class_count))
+        evaluation = _read_json(self.base_path / name / str(version) / "assets.extra" / "evaluation.json")
+        accuracy = evaluation.get("test_accuracy") if isinstance(evaluation, dict) else None
+        valid = isinstance(accuracy, int | float) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1
+        accuracy = float(accuracy) if valid else None
+        return ModelInfo(name, version, input_key, output_key, spec, classes, accuracy)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring unreadable %s: %s", path, error)
+        return {}
+
+
+def _read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    except OSError:
+        return ()
+def _single_key(tensors, preferred: str | None, what: str, name: str) -> str:
+    if isinstance(preferred, str) and preferred in tensors:
+        return preferred
+    if len(tensors) == 1:
+        return next(iter(tensors))
+    raise ModelNotFoundError(f"model '{name}' has {len(tensors)} {what}s ({sorted(tensors)}); cannot tell which to use")
+

@@ -1,0 +1,184 @@
+"""The gateway's core, as plain Python calls: a prediction for decoded-from-HTTP images, the
+model listing, one model's detail and readiness. The HTTP views parse requests and call these;
+a test calls them without a socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.gateway import metrics
+from serving.gateway.call_planner import CallPlanner
+from serving.gateway.catalog import ModelCatalog, ModelInfo
+from serving.gateway.content_normalization import Framing
+from serving.gateway.errors import GatewayError, InvalidImageError, ModelMisconfiguredError, ModelNotFoundError
+from serving.gateway.limits import ImageLimits, check_image_sizes
+from serving.gateway.model_server_client import Answer, ModelServerClient, PredictCall
+from serving.gateway.preprocess import model_input_png, preprocess_images_explained
+from serving.gateway.requests_parsing import PredictOptions
+
+logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+MAX_LOOKUP_THREADS = 32
+
+
+@dataclass
+class RequestTrace:
+    """What a request learned on its way, for its log line and metrics."""
+
+    model: str = ""
+    version: int | str = ""
+    images: int = 0
+    preprocess_seconds: float = 0.0
+    model_server_seconds: float = 0.0
+
+
+class Gateway:
+    """Answers predictions and model questions from a catalog, a call planner and a client.
+
+    `config` is read at each call (the app's config: settings as config.py loads them)."""
+
+    def __init__(self, config: Mapping[str, Any], catalog: ModelCatalog, planner: CallPlanner,
+                 client: ModelServerClient):
+        self.config, self.catalog, self.planner, self.client = config, catalog, planner, client
+
+    def check_model(self, name: str) -> None:
+        """Raise ModelNotFoundError unless the gateway serves `name`."""
+        self.catalog.check_name(name)
+
+    def predict(self, name: str, images: Sequence[bytes], options: PredictOptions, request_id: str = "",
+                trace: RequestTrace | None = None) -> dict[str, Any]:
+        """The answer to a prediction of encoded `images` by model `name`; raises a GatewayError."""
+        trace = RequestTrace() if trace is None else trace
+        self.catalog.check_name(name)  # before `name` labels a metric
+        trace.model, trace.images = name, len(images)
+        metrics.IMAGES_PER_REQUEST.labels(name).observe(len(images))
+        config = self.config
+        check_image_sizes(images, ImageLimits(config["MAX_IMAGE_PIXELS"], config["MAX_IMAGE_SIDE"],
+                                              config["MAX_REQUEST_PIXELS"]))
+        info = self.catalog.resolve(name, options.version, options.label)
+        started = time.perf_counter()
+        batch, framings = self._preprocess(images, info)
+        trace.preprocess_seconds = time.perf_counter() - started
+        metrics.PREPROCESS_SECONDS.labels(name).observe(trace.preprocess_seconds)
+        started = time.perf_counter()
+        try:
+            answer = self._send(info, batch, request_id)
+        except ModelNotFoundError:
+            if options.version is not None:
+                raise
+            # The cached latest version was unloaded meanwhile: ask again once.
+            self.catalog.forget(name)
+            info = self.catalog.resolve(name, None, options.label)
+            answer = self._send(info, batch, request_id)
+        trace.model_server_seconds = time.perf_counter() - started
+        trace.version = answer.version
+        metrics.MODEL_SERVER_SECONDS.labels(name).observe(trace.model_server_seconds)
+        probabilities = answer.outputs[info.output_key]
+        if len(images) > 1 and (probabilities.ndim == 0 or len(probabilities) != len(images)):
+            raise ModelMisconfiguredError(
+                f"model '{name}' answered output '{info.output_key}' of shape {list(probabilities.shape)} for "
+                f"{len(images)} image(s); the gateway needs one row per image")
+        predictions = top_predictions(probabilities.reshape(len(images), -1), info.classes, options.top_k)
+        if options.debug:
+            # What the model saw, so a user can tell a bad crop or a wrong inversion from a bad model.
+            for prediction, model_input, framing in zip(predictions, batch, framings, strict=True):
+                png = model_input_png(model_input, info.spec)
+                prediction["preprocessed"] = base64.b64encode(png).decode("ascii")
+                prediction["preprocessing"] = {"mode": info.spec.mode, **framing.as_dict()}
+        return {"model": name, "version": answer.version, "predictions": predictions}
+
+    def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> Answer:
+        call = PredictCall(info.name, info.version, info.input_key, (info.output_key,), batch,
+                           (request_id,) if request_id else ())
+        return self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
+
+    def _preprocess(self, images: Sequence[bytes], info: ModelInfo) -> tuple[np.ndarray, list[Framing]]:
+        try:
+            return preprocess_images_explained(images, info.spec, self.config["MAX_IMAGE_PIXELS"])
+        except GatewayError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever bytes make a decoder fail are the upload's fault
+            logger.exception("preprocessing failed on an upload")
+            raise InvalidImageError(f"the image could not be decoded ({type(error).__name__})") from None
+
+    def list_models(self) -> list[dict[str, Any]]:
+        def look_up(name: str) -> dict[str, Any]:
+            try:
+                return {**describe(self.catalog.resolve(name)), "state": "AVAILABLE"}
+            except GatewayError as error:
+                return {"name": name, "state": "UNAVAILABLE", "error": error.message}
+
+        return _for_each_model(self.catalog.model_names(), look_up)
+
+    def model_detail(self, name: str) -> dict[str, Any]:
+        self.catalog.check_name(name)
+        versions = self.client.status(name)
+        body: dict[str, Any] = {
+            "name": name, "versions": [{"version": v.version, "state": v.state, "error": v.error} for v in versions]
+        }
+        if any(v.state == "AVAILABLE" for v in versions):
+            body.update(describe(self.catalog.resolve(name)))
+            body["name"] = name
+        return body
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether every served model is AVAILABLE and usable, and each one's state."""
+        timeout = self.config["READINESS_TIMEOUT_SECONDS"]
+
+        def state(name: str) -> str:
+            try:
+                states = {v.state for v in self.client.status(name, timeout)}
+                answer = "AVAILABLE" if "AVAILABLE" in states else (", ".join(sorted(states)) or "NO_VERSIONS")
+                if answer == "AVAILABLE":
+                    self.catalog.resolve(name)  # served, but can the gateway feed it? (cached once it can)
+                return answer
+            except GatewayError as error:
+                return f"UNAVAILABLE: {error.message}"
+
+        names = self.catalog.model_names()
+        models = dict(zip(names, _for_each_model(names, state), strict=True))
+        return bool(names) and all(value == "AVAILABLE" for value in models.values()), models
+
+
+def _for_each_model(names: list[str], look_up: Callable[[str], Result]) -> list[Result]:
+    """`look_up(name)` for every model (up to MAX_LOOKUP_THREADS at once), in order: with the model
+    server stalled, a listing or a readiness probe then waits out one call's deadline, not one per
+    model. The threads are this request's own, so a probe never queues behind listings."""
+    if len(names) <= 1:
+        return [look_up(name) for name in names]
+    with ThreadPoolExecutor(min(len(names), MAX_LOOKUP_THREADS), "pixelgate-model-lookup") as lookups:
+        return list(lookups.map(look_up, names))
+
+
+def describe(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "version": info.version,
+        "input": {"key": info.input_key, "shape": [info.spec.height, info.spec.width, info.spec.channels]},
+        "classes": list(info.classes),
+        "test_accuracy": info.test_accuracy,  # from the version's assets.extra/evaluation.json; null if absent
+    }
+
+
+def top_predictions(probabilities: np.ndarray, classes: tuple[str, ...], top_k: int) -> list[dict[str, Any]]:
+    """Per image: the top label, its class index and probability, and the top-k list."""
+    answers = []
+    k = min(top_k, probabilities.shape[-1])
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")[:k]
+        ranked = [
+            {"label": classes[i] if i < len(classes) else str(i), "class_index": int(i), "probability": float(row[i])}
+            for i in order
+        ]
+        answers.append({**ranked[0], "top_k": ranked})
+    return answers
