@@ -49,8 +49,10 @@ loadtest: install
 		$(if $(USERS),--users=$(USERS)) $(if $(SPAWN_RATE),--spawn-rate=$(SPAWN_RATE)) \
 		$(if $(RUN_TIME),--run-time=$(RUN_TIME)) $(if $(LOAD_SHAPE),--load-shape=$(LOAD_SHAPE)) $(LOCUST_ARGS)
 
+## lint: ruff, then mypy (strict on client/ and serving/gateway/); both configured in pyproject.toml
 lint: install
-	$(VENV)/bin/ruff check . || true
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## protos: regenerate serving/protos/ from the installed tensorflow-serving-api wheel
 # MonitoringConfig is compiled with -I serving/config: the file name tests/test_deployment.py gives it.
