@@ -54,7 +54,8 @@ def progress_bar(total: int, enabled: bool, description: str = "predict") -> Pro
         return _NoProgress()
     from tqdm.auto import tqdm  # imported here: `import pixelgate` stays fast
 
-    return tqdm(total=total, unit="img", desc=description, file=sys.stderr, dynamic_ncols=True)
+    bar: Progress = tqdm(total=total, unit="img", desc=description, file=sys.stderr, dynamic_ncols=True)
+    return bar
 
 
 class _NoProgress:
