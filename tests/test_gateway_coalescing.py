@@ -1,7 +1,7 @@
 """Coalescing: concurrent predictions of one model version share Predict calls.
 
-The Coalescer's ordering, splitting, deadlines and errors are driven here through calls whose
-answers the test controls; the real gunicorn gateway in front of a real model server then shows
+The CallPlanner's ordering, splitting, deadlines and errors are driven here through a client whose
+calls the test answers; the real gunicorn gateway in front of a real model server then shows
 shared calls happen under concurrency (and not when switched off), each request getting its rows.
 """
 
@@ -13,31 +13,39 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.gateway.coalescing import Coalescer, CoalescingError, DeadlineExceeded
+from serving.gateway.call_planner import CallPlanner
+from serving.gateway.errors import DeadlineExceededError, ModelServerUnavailableError
+from serving.gateway.model_server_client import Answer, PredictCall, joined_request_ids
 from tests.conftest import encode
 from tests.gateway_stack import GatewayProcess, ModelServerProcess, export_slow_model
 
 
 class Calls:
-    """A start_call whose calls stay out until the test answers them: each answer is the inputs
-    times 10, one row per image, so every request can check it got its own rows."""
+    """A model-server client whose calls stay out until the test answers them: each answer is the
+    inputs times 10, one row per image, so every request can check it got its own rows. A blocking
+    `send` waits for its answer like a started call, unless the test gives it a BlockingCall."""
 
-    def __init__(self):
+    def __init__(self, blocking: BlockingCall | None = None):
         self.started: list[tuple[np.ndarray, list[str], Future]] = []
         self.changed = threading.Condition()
+        self.blocking = blocking
 
-    def __call__(self, images: np.ndarray, request_ids: list[str], timeout: float) -> Future:
+    def start(self, call: PredictCall, deadline: float) -> Future:
         future: Future = Future()
         with self.changed:
-            self.started.append((images, request_ids, future))
+            self.started.append((call.images, list(call.request_ids), future))
             self.changed.notify_all()
         return future
+
+    def send(self, call: PredictCall, deadline: float) -> Answer:
+        if self.blocking is not None:
+            return self.blocking(call, deadline)
+        return self.start(call, deadline).result()
 
     def wait_for(self, count: int) -> None:
         with self.changed:
@@ -45,29 +53,34 @@ class Calls:
 
     def answer(self, index: int, outputs=None) -> None:
         images, _, future = self.started[index]
-        future.set_result(outputs if outputs is not None else {"out": images[:, 0] * 10})
+        future.set_result(Answer(7, outputs if outputs is not None else {"out": images[:, 0] * 10}))
 
 
-def read(response):
-    return 7, response
+def planner_of(calls: Calls, max_images: int = 32, max_in_flight: int = 1) -> CallPlanner:
+    return CallPlanner(calls, max_images_per_call=max_images, share=True,  # type: ignore[arg-type]
+                       max_in_flight=max_in_flight)
 
 
-def submitter(coalescer: Coalescer, calls: Calls, pool: ThreadPoolExecutor):
+def predict_call(value: float, images: int = 1, request_id: str = "") -> PredictCall:
+    batch = np.full((images, 3), value, dtype=np.float32)
+    return PredictCall("model", 1, "in", ("out",), batch, (request_id,) if request_id else ())
+
+
+def submitter(coalescer: CallPlanner, calls: Calls, pool: ThreadPoolExecutor):
     def submit(value: float, images: int = 1, request_id: str = "", timeout: float = 10):
-        batch = np.full((images, 3), value, dtype=np.float32)
-        return pool.submit(coalescer.submit, "key", batch, timeout, calls, read, request_id)
+        return pool.submit(coalescer.predict, predict_call(value, images, request_id), time.monotonic() + timeout)
 
     return submit
 
 
-def wait_queued(coalescer: Coalescer, count: int) -> None:
+def wait_queued(coalescer: CallPlanner, count: int) -> None:
     deadline = time.monotonic() + 10
     while sum(len(lane.pending) for lane in coalescer._lanes.values()) < count:
         assert time.monotonic() < deadline, "requests never queued"
         time.sleep(0.005)
 
 
-def queued_behind_a_call(coalescer: Coalescer, calls: Calls, submit, values: list[float], images: int = 1):
+def queued_behind_a_call(coalescer: CallPlanner, calls: Calls, submit, values: list[float], images: int = 1):
     """A request whose call is out (max_in_flight=1), then one request per value queued behind it."""
     first = submit(0.0)
     calls.wait_for(1)
@@ -77,7 +90,8 @@ def queued_behind_a_call(coalescer: Coalescer, calls: Calls, submit, values: lis
 
 
 def test_a_lone_request_goes_at_once_and_gets_its_rows():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    calls = Calls()
+    coalescer = planner_of(calls)
     with ThreadPoolExecutor(4) as pool:
         answer = submitter(coalescer, calls, pool)(3.0, images=2, request_id="r1")
         calls.wait_for(1)
@@ -89,7 +103,8 @@ def test_a_lone_request_goes_at_once_and_gets_its_rows():
 
 
 def test_requests_queued_behind_a_call_go_together_each_with_its_own_rows():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    calls = Calls()
+    coalescer = planner_of(calls)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         first = submit(1.0)
@@ -110,7 +125,8 @@ def test_requests_queued_behind_a_call_go_together_each_with_its_own_rows():
 
 
 def test_a_shared_call_holds_at_most_max_images():
-    calls, coalescer = Calls(), Coalescer(max_images=4, max_in_flight=1)
+    calls = Calls()
+    coalescer = planner_of(calls, max_images=4)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         _, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0, 3.0], images=3)
@@ -123,7 +139,8 @@ def test_a_shared_call_holds_at_most_max_images():
 
 
 def test_max_in_flight_calls_go_at_once():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=2)
+    calls = Calls()
+    coalescer = planner_of(calls, max_in_flight=2)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         futures = [submit(1.0), submit(2.0)]
@@ -138,8 +155,9 @@ def test_max_in_flight_calls_go_at_once():
 
 
 def test_a_failed_call_fails_every_request_in_it_and_the_next_call_still_goes():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
-    error = grpc.RpcError("unavailable")
+    calls = Calls()
+    coalescer = planner_of(calls)
+    error = ModelServerUnavailableError("model server unavailable: down")
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         _, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0])
@@ -155,15 +173,16 @@ def test_a_failed_call_fails_every_request_in_it_and_the_next_call_still_goes():
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_answers_deadline_exceeded_and_is_never_sent():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+    calls = Calls()
+    coalescer = planner_of(calls)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         submit(0.0)
         calls.wait_for(1)
         late = submit(1.0, request_id="late", timeout=0.2)
-        with pytest.raises(DeadlineExceeded) as raised:
+        with pytest.raises(DeadlineExceededError) as raised:
             late.result(10)  # its 0.2 s pass while the first call is out
-        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (raised.value.status, raised.value.code) == (504, "deadline_exceeded")
         patient = submit(2.0, request_id="ok")
         wait_queued(coalescer, 2)  # the expired request stays queued until a call is next taken
         calls.answer(0)
@@ -173,8 +192,9 @@ def test_a_request_whose_deadline_passes_in_the_queue_answers_deadline_exceeded_
         assert patient.result(10)[1]["out"].tolist() == [20.0]
 
 
-def test_answers_that_cannot_be_split_by_image_fail_with_coalescing_error():
-    calls, coalescer = Calls(), Coalescer(max_images=32, max_in_flight=1)
+def test_answers_that_cannot_be_split_by_image_are_asked_again_one_call_per_request():
+    calls = Calls()
+    coalescer = planner_of(calls)
     with ThreadPoolExecutor(8) as pool:
         submit = submitter(coalescer, calls, pool)
         alone, queued = queued_behind_a_call(coalescer, calls, submit, [1.0, 2.0])
@@ -182,23 +202,33 @@ def test_answers_that_cannot_be_split_by_image_fail_with_coalescing_error():
         assert alone.result(10)[1]["scalar"] == 1.0  # a call of one request needs no splitting
         calls.wait_for(2)
         calls.answer(1, {"scalar": np.float32(1.0)})
-        for future in queued:
-            assert isinstance(future.exception(10), CoalescingError)
+        calls.wait_for(4)  # the shared answer cannot be split: each request makes a call of its own
+        assert sorted(len(images) for images, _, _ in calls.started[2:]) == [1, 1]
+        calls.answer(2, {"scalar": np.float32(2.0)})
+        calls.answer(3, {"scalar": np.float32(2.0)})
+        assert [future.result(10)[1]["scalar"] for future in queued] == [2.0, 2.0]
+        following = submit(3.0)  # remembered: the next request goes alone, whatever is out
+        calls.wait_for(5)
+        calls.answer(4)
+        assert following.result(10)[1]["out"].tolist() == [30.0]
+    assert not coalescer._lanes
 
 
 def test_a_call_that_cannot_start_fails_its_requests_and_frees_the_key():
-    coalescer = Coalescer(max_images=32, max_in_flight=1)
+    calls = Calls()
+    coalescer = planner_of(calls)
 
-    def broken(images, request_ids, timeout):
+    def broken(call, deadline):
         raise ValueError("cannot build the request")
 
+    calls.start = broken  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="cannot build"):
-        coalescer.submit("key", np.zeros((1, 3), np.float32), 5, broken, read)
+        coalescer.predict(predict_call(0.0), time.monotonic() + 5)
     assert not coalescer._lanes
 
 
 class BlockingCall:
-    """A blocking `call` that stays out until the test releases it; records the thread it ran on."""
+    """A blocking `send` that stays out until the test releases it; records the thread it ran on."""
 
     def __init__(self, error: BaseException | None = None):
         self.started, self.release, self.error = threading.Event(), threading.Event(), error
@@ -206,28 +236,30 @@ class BlockingCall:
         self.timeout: float | None = None
         self.request_ids: list[str] = []
 
-    def __call__(self, images: np.ndarray, request_ids: list[str], timeout: float):
-        self.thread, self.timeout, self.request_ids = threading.get_ident(), timeout, request_ids
+    def __call__(self, call: PredictCall, deadline: float) -> Answer:
+        self.thread, self.timeout = threading.get_ident(), deadline - time.monotonic()
+        self.request_ids = list(call.request_ids)
         self.started.set()
         assert self.release.wait(10)
         if self.error is not None:
             raise self.error
-        return {"out": images[:, 0] * 10}
+        return Answer(7, {"out": call.images[:, 0] * 10})
 
 
 def test_a_lone_request_makes_its_blocking_call_itself_and_those_queued_meanwhile_share_the_next():
-    calls, blocking, coalescer = Calls(), BlockingCall(), Coalescer(max_images=32, max_in_flight=1)
+    blocking = BlockingCall()
+    calls = Calls(blocking)
+    coalescer = planner_of(calls)
     with ThreadPoolExecutor(8) as pool:
-        def submit(value: float, request_id: str, call=None):
+        def submit(value: float, request_id: str):
             def on_thread():
-                images = np.full((1, 3), value, np.float32)
-                answer = coalescer.submit("key", images, 5, calls, read, request_id, call)
+                answer = coalescer.predict(predict_call(value, request_id=request_id), time.monotonic() + 5)
                 return threading.get_ident(), answer
             return pool.submit(on_thread)
 
-        first = submit(1.0, "lone", blocking)
+        first = submit(1.0, "lone")
         assert blocking.started.wait(10)
-        queued = [submit(2.0, "r2", blocking), submit(3.0, "r3", blocking)]
+        queued = [submit(2.0, "r2"), submit(3.0, "r3")]
         wait_queued(coalescer, 2)
         assert not calls.started  # nothing else goes while the lone request's call is out
         blocking.release.set()
@@ -243,12 +275,12 @@ def test_a_lone_request_makes_its_blocking_call_itself_and_those_queued_meanwhil
 
 
 def test_a_failed_blocking_call_fails_its_request_and_frees_the_key():
-    error = grpc.RpcError("unavailable")
+    error = ModelServerUnavailableError("model server unavailable: down")
     blocking = BlockingCall(error)
     blocking.release.set()
-    coalescer = Coalescer(max_images=32, max_in_flight=1)
-    with pytest.raises(grpc.RpcError) as raised:
-        coalescer.submit("key", np.zeros((1, 3), np.float32), 5, Calls(), read, "", blocking)
+    coalescer = planner_of(Calls(blocking))
+    with pytest.raises(ModelServerUnavailableError) as raised:
+        coalescer.predict(predict_call(0.0), time.monotonic() + 5)
     assert raised.value is error and not coalescer._lanes
 
 
@@ -411,10 +443,8 @@ def test_a_failed_shared_call_counts_once_in_the_model_server_errors(slow_stack,
 
 
 def test_a_shared_calls_request_ids_are_cut_at_whole_ids_below_grpcs_metadata_limit():
-    from serving.gateway.backend import _joined_request_ids
-
     ids = [f"{index:03d}" + "x" * 125 for index in range(32)]  # 32 clients' 128-character IDs
-    joined = _joined_request_ids(ids)
+    joined = joined_request_ids(ids)
     assert 0 < len(joined) <= 1024
     assert joined.split(",") == ids[: len(joined.split(","))]
-    assert _joined_request_ids(["a", "b"]) == "a,b"
+    assert joined_request_ids(["a", "b"]) == "a,b"
