@@ -159,7 +159,8 @@ class MisconfiguredModelServer:
             def do_POST(self):  # noqa: N802 - http.server's name
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 counter.requests += 1
-                send_json(self, 503, b'{"error": "model \'mnist\' version 1: unusable", "code": "model_misconfigured"}')
+                answer = b'{"error": "model \'mnist\' version 1: unusable", "code": "model_misconfigured"}'
+                send_json(self, 503, answer)
 
             def log_message(self, *args):
                 pass
@@ -178,9 +179,12 @@ def test_a_misconfigured_model_is_not_retried(test_images, caplog):
     server = MisconfiguredModelServer()
     digit = encode(test_images["mnist"][0][0])
     try:
-        with caplog.at_level(logging.INFO, logger="pixelgate"), Client(server.url, retries=3, backoff=0.01) as client:
-            with pytest.raises(PixelgateError) as raised:
-                client.predict(digit, model="mnist")
+        with (
+            caplog.at_level(logging.INFO, logger="pixelgate"),
+            Client(server.url, retries=3, backoff=0.01) as client,
+            pytest.raises(PixelgateError) as raised,
+        ):
+            client.predict(digit, model="mnist")
         assert (raised.value.status, raised.value.code) == (503, "model_misconfigured")
 
         async def ask_async() -> None:

@@ -7,10 +7,26 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Protocol, Union
 
-# Any: a PIL image or a NumPy array (optional dependencies, so not named in the type).
-ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Any]
+
+class PILImage(Protocol):
+    """A PIL image, by what is used of it (Pillow is an optional dependency)."""
+
+    @property
+    def mode(self) -> str: ...
+    def save(self, fp: IO[bytes], format: str | None = None, **params: Any) -> None: ...
+
+
+class ImageArray(Protocol):
+    """A NumPy array, or anything `numpy.asarray` takes that has a dtype (NumPy is optional)."""
+
+    def __array__(self) -> Any: ...
+    @property
+    def dtype(self) -> Any: ...
+
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], PILImage, ImageArray]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 _SIGNATURES = (

@@ -8,7 +8,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -190,7 +190,8 @@ def predict_request(
         raise ValueError("give either version= or label=, not both")
     if not model:
         raise ValueError("model= is required, e.g. model='mnist'")
-    batch: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]
+    # A list or tuple is a batch; anything else is one image (a str is a Sequence too, but one path).
+    batch = list(images) if isinstance(images, (list, tuple)) else [cast(ImageInput, images)]
     if not batch:
         raise ValueError("no images given")
     files = [("image", encode_image(image)) for image in batch]
