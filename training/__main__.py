@@ -57,6 +57,17 @@ def evaluate_command(args):
     if exact is not None:
         exact_accuracy = evaluate(model, x_test[exact], y_test[exact])["accuracy"]
         print(f"{args.model}: accuracy {exact_accuracy:.2%} on the {exact.sum()} exact test images")
+    if model.ood is None:
+        print(f"{args.model}: version {model.version_dir.name} was exported without an out-of-distribution score")
+        return 0
+    from .ood_report import evaluate_ood, render_table
+
+    result = evaluate_ood(model, args.model, model.preprocessing, model.ood["threshold"],
+                          data_dir=args.data_dir, count=args.foreign_count, test_count=args.test_count,
+                          seed=args.seed)
+    print(f"{args.model}: out-of-distribution score ({model.ood['method']}), {args.foreign_count} foreign "
+          f"images per kind (seed {args.seed}):")
+    print("\n".join(render_table(result)))
     return 0
 
 
@@ -100,6 +111,10 @@ def build_parser():
     evaluate = commands.add_parser("evaluate", help="measure an exported version on the test set")
     evaluate.add_argument("--model", required=True, choices=list(DATASETS))
     evaluate.add_argument("--version", type=int, help="default: the latest")
+    evaluate.add_argument("--foreign-count", type=int, default=1000,
+                          help="foreign images of each kind for the out-of-distribution table (default 1000)")
+    evaluate.add_argument("--test-count", type=int, help="test images for it (default: all)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the foreign images (default 0)")
     evaluate.set_defaults(handler=evaluate_command)
 
     samples = commands.add_parser("samples", help="write test-set images as PNG files to try the API with")

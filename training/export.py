@@ -1,7 +1,9 @@
 """Export a trained model as a TensorFlow Serving version: `models_dir/<name>/<version>/`.
 
 Signature `serving_default` takes `images` (float32 [batch, H, W, C] in [0, 1]) and answers
-`probabilities`; `assets/` holds labels.txt and preprocessing.json for the gateway.
+`probabilities` and, given a fitted training/ood.py score, `ood_score` [batch]; signature `explain`
+answers `saliency` [batch, H, W] (integrated gradients) and `probabilities`. `assets/` holds
+labels.txt, preprocessing.json, explain.json and, with a score, ood.json for the gateway.
 """
 
 import json
@@ -15,12 +17,19 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from . import ood
 from .datasets import get_spec
 from .train import PIXEL_SCALE
 
 INPUT_KEY = "images"
 OUTPUT_KEY = "probabilities"
 SIGNATURE = "serving_default"
+EXPLAIN_SIGNATURE = "explain"
+SALIENCY_KEY = "saliency"
+# Integrated gradients (Sundararajan et al. 2017) of the top label's probability from a black image:
+# removing what it marks is removing what the model used (the deletion test in tests/test_training_ood.py).
+EXPLAIN_STEPS = 16
+EXPLAIN_METHOD = "integrated_gradients"
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +45,10 @@ def list_versions(models_dir, name):
     return sorted(int(path.name) for path in folder.iterdir() if path.is_dir() and path.name.isdigit())
 
 
-def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=None):
+def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=None, ood_score=None):
     """Write the next version (highest existing + 1) and return its directory; never overwrites.
 
+    `ood_score` (a calibrated ood.OodScore), if given, adds the `ood_score` output and ood.json.
     `add_report(staging_dir, record) -> record`, if given, measures the saved version and
     writes its report into it before the version appears.
     """
@@ -50,8 +60,9 @@ def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=
     staging = model_dir / f".export-{uuid.uuid4().hex}"
     try:
         with tempfile.TemporaryDirectory() as asset_source:
-            module = _serving_module(model, spec, Path(asset_source))
-            tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
+            module = _serving_module(model, spec, Path(asset_source), ood_score)
+            tf.saved_model.save(module, str(staging),
+                                signatures={SIGNATURE: module.serve, EXPLAIN_SIGNATURE: module.explain})
         extra = staging / "assets.extra"
         extra.mkdir()
         record = {**metadata, "model": name, "parameters": int(model.count_params())}
@@ -80,9 +91,9 @@ UPLOAD_PREPROCESSING = {
 }
 
 
-def _serving_module(model, spec, asset_source):
-    (asset_source / "labels.txt").write_text("".join(f"{label}\n" for label in spec.classes))
-    preprocessing = {
+def preprocessing_spec(spec):
+    """The contents of assets/preprocessing.json for data set `spec`: what the gateway needs."""
+    return {
         "dataset": spec.name,
         "height": spec.height,
         "width": spec.width,
@@ -94,7 +105,11 @@ def _serving_module(model, spec, asset_source):
         "classes": list(spec.classes),
         **UPLOAD_PREPROCESSING.get(spec.name, {"mode": "resize"}),
     }
-    (asset_source / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
+
+
+def _serving_module(model, spec, asset_source, ood_score=None):
+    (asset_source / "labels.txt").write_text("".join(f"{label}\n" for label in spec.classes))
+    (asset_source / "preprocessing.json").write_text(json.dumps(preprocessing_spec(spec), indent=2) + "\n")
 
     module = tf.Module()
     # Keras 3 variables are not tf.Variables: track their backing values explicitly, or the
@@ -105,14 +120,55 @@ def _serving_module(model, spec, asset_source):
     # Tracked assets are copied into <version>/assets/ by tf.saved_model.save.
     module.labels = tf.saved_model.Asset(str(asset_source / "labels.txt"))
     module.preprocessing = tf.saved_model.Asset(str(asset_source / "preprocessing.json"))
+    explanation = {"signature": EXPLAIN_SIGNATURE, "output_key": SALIENCY_KEY, "method": EXPLAIN_METHOD,
+                   "baseline": "black", "steps": EXPLAIN_STEPS}
+    (asset_source / "explain.json").write_text(json.dumps(explanation, indent=2) + "\n")
+    module.explanation = tf.saved_model.Asset(str(asset_source / "explain.json"))
     image_spec = tf.TensorSpec([None, spec.height, spec.width, spec.channels], tf.float32, name=INPUT_KEY)
 
-    @tf.function(input_signature=[image_spec], autograph=False)  # no Python control flow to convert
-    def serve(images):
-        return {OUTPUT_KEY: model(images, training=False)}
+    if ood_score is None:
+        @tf.function(input_signature=[image_spec], autograph=False)  # no Python control flow to convert
+        def serve(images):
+            return {OUTPUT_KEY: model(images, training=False)}
+    else:
+        (asset_source / ood.ASSET).write_text(json.dumps(ood_score.asset(), indent=2) + "\n")
+        module.ood = tf.saved_model.Asset(str(asset_source / ood.ASSET))
+        # The same network, its penultimate features taken on the way: the probabilities are the
+        # model's own, and the score costs a few small matrix products more.
+        classifier = ood.FeatureClassifier(model)
+
+        @tf.function(input_signature=[image_spec], autograph=False)
+        def serve(images):
+            probabilities, features = classifier(images)
+            return {OUTPUT_KEY: probabilities, ood.OUTPUT_KEY: ood.ood_scores(ood_score, images, features)}
+
+    @tf.function(input_signature=[image_spec], autograph=False)
+    def explain(images):
+        probabilities = model(images, training=False)
+        return {SALIENCY_KEY: integrated_gradients(model, images, tf.argmax(probabilities, axis=1)),
+                OUTPUT_KEY: probabilities}
 
     module.serve = serve
+    module.explain = explain
     return module
+
+
+def integrated_gradients(model, images, labels, steps=EXPLAIN_STEPS):
+    """float32 [N, H, W]: per pixel, input × the mean gradient of the label's probability along the
+    straight path from a black image (midpoint rule), summed over channels, negative evidence cut to 0.
+    All steps of all images go through the model as one batch."""
+    count = tf.shape(images)[0]
+    alphas = (tf.range(steps, dtype=tf.float32) + 0.5) / steps
+    path = tf.reshape(alphas[:, None, None, None, None] * images[None],
+                      tf.concat([[-1], tf.shape(images)[1:]], axis=0))
+    with tf.GradientTape() as tape:
+        tape.watch(path)
+        probabilities = model(path, training=False)
+        chosen = tf.gather(probabilities, tf.tile(labels, [steps]), batch_dims=1)
+    gradients = tape.gradient(chosen, path)
+    mean_gradient = tf.reduce_mean(tf.reshape(gradients, tf.concat([[steps, count], tf.shape(images)[1:]], 0)),
+                                   axis=0)
+    return tf.nn.relu(tf.reduce_sum(mean_gradient * images, axis=-1))
 
 
 def _write_warmup_requests(path, name, spec):
@@ -145,18 +201,26 @@ def _move_into_place(staging, model_dir):
 
 
 class ExportedModel:
-    """A loaded version behind keras' `predict`, so `train.evaluate` measures it like a Keras model."""
+    """A loaded version behind keras' `predict`, so `train.evaluate` measures it like a Keras model;
+    `predict_with_scores` adds its out-of-distribution scores (None for versions without them)."""
 
     def __init__(self, version_dir):
         self.version_dir = Path(version_dir)
-        self.signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+        self.loaded = tf.saved_model.load(str(version_dir))
+        self.signature = self.loaded.signatures[SIGNATURE]
+        self.ood = ood.read_asset(self.version_dir)
+        self.preprocessing = json.loads((self.version_dir / "assets" / "preprocessing.json").read_text())
 
     def predict(self, images, batch_size=500, verbose=0):
-        batches = [
-            self.signature(**{INPUT_KEY: tf.constant(images[start:start + batch_size])})[OUTPUT_KEY]
-            for start in range(0, len(images), batch_size)
-        ]
-        return np.concatenate([batch.numpy() for batch in batches])
+        return self.predict_with_scores(images, batch_size)[0]
+
+    def predict_with_scores(self, images, batch_size=500):
+        answers = [self.signature(**{INPUT_KEY: tf.constant(images[start:start + batch_size])})
+                   for start in range(0, len(images), batch_size)]
+        probabilities = np.concatenate([answer[OUTPUT_KEY].numpy() for answer in answers])
+        if not answers or ood.OUTPUT_KEY not in answers[0]:
+            return probabilities, None
+        return probabilities, np.concatenate([answer[ood.OUTPUT_KEY].numpy() for answer in answers])
 
 
 def load_exported_model(models_dir, name, version=None):

@@ -6,7 +6,6 @@ version was made (recipe, time, hardware) and how well it does on the test set.
 
 import dataclasses
 import datetime
-import functools
 import logging
 import math
 import os
@@ -14,10 +13,13 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from . import ood
 from .datasets import get_spec, load_data, load_exact_test_mask
-from .export import export_model
+from .export import ExportedModel, export_model, preprocessing_spec
+from .foreign_images import as_served
 from .metrics import apply_temperature, classification_metrics, expected_calibration_error, fit_temperature
 from .models import (
     BASELINE_BATCH_SIZE,
@@ -27,9 +29,10 @@ from .models import (
     with_flip_averaging,
     with_temperature,
 )
+from .ood_report import evaluate_ood
 from .profiles import TrainingSetTooSmallError, get_profile
 from .report import count_multiply_adds, write_report
-from .train import predict, split_validation, train
+from .train import predict, preprocess, split_validation, train
 
 ARCHITECTURES = ("cnn", "mlp")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -39,11 +42,13 @@ logger = logging.getLogger(__name__)
 
 def train_and_export(name, *, profile="quick", models_dir="models", data_dir=None, architecture="cnn",
                      limit=None, epochs=None, verbose=1, seed=1337, logs_dir=None, resume=False,
-                     precision="auto", latency_runs=50):
+                     precision="auto", latency_runs=50, ood_images=1000):
     """Train `name` (a data set in DATASETS) and export it; returns the new version directory.
 
     `logs_dir` keeps checkpoints, the per-epoch history and TensorBoard logs of the run in
     `logs_dir/<name>-cnn-<profile>/` (or `<name>-mlp/`); `resume` continues its last checkpoint.
+    Versions with a validation split get an out-of-distribution score, measured in the report
+    against `ood_images` foreign images of each kind.
     """
     spec = get_spec(name)
     (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
@@ -152,12 +157,52 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         metadata["exact_test_accuracy"] = exact_metrics["accuracy"]
         metadata["exact_test_images"] = int(exact.sum())
 
-    report = functools.partial(write_report, probabilities=probabilities, labels=y_test,
-                               latency_runs=latency_runs)
-    version_dir = export_model(serving_model, name, models_dir, metadata=metadata, add_report=report)
+    ood_score = None
+    if settings is not None and settings.validation_fraction:
+        ood_score = fit_ood_score(serving_model, name, x_train, y_train, settings.validation_fraction, seed)
+        metadata["ood_threshold"] = ood_score.threshold
+        metadata["ood_calibration"] = ood_score.calibration
+    else:  # the course's MLP trains on every image: nothing is left to calibrate a threshold on
+        logger.info("%s: no validation split, exported without an out-of-distribution score", name)
+
+    def report(staging, record):
+        if ood_score is not None:
+            exported = ExportedModel(staging)
+            record = {**record, "out_of_distribution": evaluate_ood(
+                exported, name, exported.preprocessing, ood_score.threshold, data_dir=data_dir,
+                count=ood_images, seed=FOREIGN_SEED)}
+        return write_report(staging, record, probabilities=probabilities, labels=y_test,
+                            latency_runs=latency_runs)
+
+    version_dir = export_model(serving_model, name, models_dir, metadata=metadata, add_report=report,
+                               ood_score=ood_score)
     logger.info("%s: test accuracy %.4f after %.0f s of training, exported to %s",
                 name, evaluation["accuracy"], training_seconds, version_dir)
     return version_dir
+
+
+FOREIGN_SEED = 0  # the foreign images of the report, the same as `python -m training evaluate`'s default
+# Enough training images to pin down the shared covariance of a few hundred features, in seconds.
+OOD_FIT_IMAGES = 20000
+
+
+def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, seed):
+    """The out-of-distribution score, fitted on (up to OOD_FIT_IMAGES) training images and calibrated on
+    the validation split as the gateway preprocesses it (uploads are what the threshold will meet)."""
+    spec = get_spec(name)
+    (fit_images, fit_labels), (validation_images, _) = split_validation(x_train, y_train, validation_fraction,
+                                                                         seed)
+    chosen = np.random.default_rng(seed).permutation(len(fit_images))[:OOD_FIT_IMAGES]
+    classifier = ood.FeatureClassifier(serving_model)
+    fit_inputs = preprocess(fit_images[chosen])
+    _, features = classifier.predict(fit_inputs)
+    score = ood.fit_ood_score(features, fit_labels[chosen], fit_inputs, len(spec.classes),
+                              light_on_dark=spec.light_on_dark)
+    validation_inputs = as_served(validation_images, preprocessing_spec(spec))
+    _, validation_features = classifier.predict(validation_inputs)
+    score = ood.calibrate(score, validation_inputs, validation_features)
+    logger.info("%s: out-of-distribution threshold %.4g, %s", name, score.threshold, score.calibration)
+    return score
 
 
 def choose_precision(precision="auto"):

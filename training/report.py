@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # the object API renders with Agg and keep
 from matplotlib.ticker import MaxNLocator
 
 from .metrics import calibration_bins
+from .ood import METHOD as METHOD_NAME
 
 CONFUSION_MATRIX = "confusion_matrix.png"
 TRAINING_CURVES = "training_curves.png"
@@ -216,6 +217,7 @@ def render_markdown(record):
         lines.append(f"| {name} | {_percent(record['per_class_accuracy'][name])} | {confused} |")
     lines += [
         "",
+        *_out_of_distribution_section(record),
         "## Confusion matrix",
         "",
         f"![confusion matrix](assets.extra/{CONFUSION_MATRIX})",
@@ -233,6 +235,27 @@ def render_markdown(record):
         "",
     ]
     return "\n".join(lines)
+
+
+def _out_of_distribution_section(record):
+    from .ood_report import render_table
+
+    result = record.get("out_of_distribution")
+    if not result:
+        return []
+    calibration = record.get("ood_calibration") or {}
+    return [
+        "## Out-of-distribution score",
+        "",
+        f"`ood_score` ({METHOD_NAME}); an image is flagged above {result['threshold']:.4g}, the threshold that "
+        f"flagged {calibration.get('in_distribution_flag_rate', float('nan')):.2%} of the "
+        f"{calibration.get('images', 0):,} validation images (target 5 %). Foreign images of each kind: "
+        f"{next(iter(result['kinds'].values()))['images']:,}, made by training/foreign_images.py (seed "
+        f"{result['seed']}).",
+        "",
+        *render_table(result),
+        "",
+    ]
 
 
 def _calibration_note(record):
