@@ -24,12 +24,11 @@ from serving.model_server.batching import (
     BatchingOptions,
     BatchingSession,
     BatchScheduler,
-    LoopEvent,
     read_batching_options,
-    run_timeout,
 )
+from serving.model_server.batching.scheduler import LoopEvent
 from serving.model_server.errors import InvalidArgument, ModelServerError
-from serving.model_server.run_options import current_deadline
+from serving.model_server.run_options import current_deadline, run_timeout
 from tests.model_fixtures.keras_classifier import export_test_model, random_images, write_warmup_requests
 from serving.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.tensors import make_ndarray, make_tensor_proto
@@ -142,14 +141,21 @@ def session_with(run, **options) -> tuple[BatchScheduler, BatchingSession]:
     return scheduler, BatchingSession(scheduler, run, "test")
 
 
+def run_session(session: BatchingSession, feeds, fetches):
+    """A run from a thread that waits for it, as a REST request's does."""
+    return asyncio.run(session.run(feeds, fetches))
+
+
 def test_full_queue_answers_unavailable_at_once():
     run = GatedRun()
     scheduler, session = session_with(run, max_batch_size=1, max_enqueued_batches=1)
     with futures.ThreadPoolExecutor(4) as pool:
-        running = pool.submit(session.run, [("x", np.ones((1, 2)))], ["y"])
+        running = pool.submit(run_session, session, [("x", np.ones((1, 2)))], ["y"])
         run.started.acquire(timeout=30)  # the only batch thread is busy with it
         # Room for one more batch of one: of three at once, one queues and two are refused.
-        others = [pool.submit(session.run, [("x", np.full((1, 2), float(n)))], ["y"]) for n in range(3)]
+        others = [
+            pool.submit(run_session, session, [("x", np.full((1, 2), float(n)))], ["y"]) for n in range(3)
+        ]
         completed = futures.as_completed(others, timeout=30)
         refused = [next(completed), next(completed)]  # the queued one cannot end before the gate opens
         run.gate.set()
@@ -171,11 +177,11 @@ def test_a_run_whose_deadline_passed_in_the_queue_is_not_run():
     run = GatedRun()
     scheduler, session = session_with(run, max_batch_size=4)
     with futures.ThreadPoolExecutor(1) as pool:
-        blocker = pool.submit(session.run, [("x", np.ones((1, 1)))], ["y"])
+        blocker = pool.submit(run_session, session, [("x", np.ones((1, 1)))], ["y"])
         run.started.acquire(timeout=30)
         with run_timeout(0.0), pytest.raises(ModelServerError) as expired:
             threading.Timer(0.2, run.gate.set).start()
-            session.run([("x", np.ones((1, 1)))], ["y"])
+            run_session(session, [("x", np.ones((1, 1)))], ["y"])
         blocker.result()
     assert expired.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert expired.value.message == "Run() timeout exceeded while waiting in batching queue"
@@ -192,8 +198,8 @@ def test_a_batch_runs_with_the_latest_deadline_of_its_requests():
 
     scheduler, session = session_with(run, max_batch_size=4)
     with run_timeout(60):
-        session.run([("x", np.ones((1, 1)))], ["y"])
-    without = session.run([("x", np.ones((1, 1)))], ["y"])
+        run_session(session, [("x", np.ones((1, 1)))], ["y"])
+    without = run_session(session, [("x", np.ones((1, 1)))], ["y"])
     scheduler.stop()
     assert seen[0] is not None and 50 < seen[0] - time.monotonic() <= 60  # passed on to the session run
     assert seen[1] is None and without[0].shape == (1, 1)
@@ -203,14 +209,14 @@ def test_concurrent_runs_merge_and_each_gets_its_own_rows():
     scheduler, session = session_with(lambda feeds, fetches: [feeds[0][1] * 10 + 1], max_batch_size=16)
     inputs = [np.full((1 + index % 3, 2), float(index)) for index in range(400)]
     with futures.ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda x: session.run([("x", x)], ["y"])[0], inputs))
+        answers = list(pool.map(lambda x: run_session(session, [("x", x)], ["y"])[0], inputs))
     for given, answer in zip(inputs, answers, strict=True):
         np.testing.assert_array_equal(answer, given * 10 + 1)
     scheduler.stop()
 
 
 def test_coroutines_await_their_batches_on_one_thread_and_each_gets_its_own_rows():
-    """run_async: 300 calls from one event loop, no thread each, merge into batches without mixing."""
+    """300 calls from one event loop, no thread each, merge into batches without mixing."""
     calls = []
 
     def run(feeds, fetches):
@@ -222,7 +228,7 @@ def test_coroutines_await_their_batches_on_one_thread_and_each_gets_its_own_rows
     inputs = [np.full((1 + index % 3, 2), float(index)) for index in range(300)]
 
     async def ask_all():
-        return await asyncio.gather(*(session.run_async([("x", x)], ["y"]) for x in inputs))
+        return await asyncio.gather(*(session.run([("x", x)], ["y"]) for x in inputs))
 
     threads_before = threading.active_count()
     answers = asyncio.run(ask_all())
@@ -240,12 +246,12 @@ def test_a_cancelled_coroutine_leaves_its_batch_to_the_others():
     scheduler, session = session_with(run, max_batch_size=4, batch_timeout_micros=10_000_000)
 
     async def scenario():
-        first = asyncio.ensure_future(session.run_async([("x", np.ones((1, 1)))], ["y"]))
-        second = asyncio.ensure_future(session.run_async([("x", np.full((1, 1), 3.0))], ["y"]))
+        first = asyncio.ensure_future(session.run([("x", np.ones((1, 1)))], ["y"]))
+        second = asyncio.ensure_future(session.run([("x", np.full((1, 1), 3.0))], ["y"]))
         await asyncio.sleep(0.05)  # both queued in one open batch
         first.cancel()
         # Close the batch: a task of 2 rows fills it to 4.
-        third = asyncio.ensure_future(session.run_async([("x", np.full((2, 1), 5.0))], ["y"]))
+        third = asyncio.ensure_future(session.run([("x", np.full((2, 1), 5.0))], ["y"]))
         run.gate.set()
         return first, await second, await third
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import shutil
@@ -114,7 +115,7 @@ def test_new_version_is_loaded_before_the_old_one_goes(base_path, exported, star
     def keep_predicting() -> None:
         while not done.is_set():
             try:
-                served.add(core.predict("model", {"images": images}).version)
+                served.add(asyncio.run(core.predict("model", {"images": images})).version)
             except ModelServerError as error:
                 failures.append(error)
 
@@ -128,9 +129,9 @@ def test_new_version_is_loaded_before_the_old_one_goes(base_path, exported, star
         client.join()
     assert not failures
     assert states(manager) == {2: AVAILABLE, 1: END}
-    assert core.predict("model", {"images": images}).version == 2
+    assert asyncio.run(core.predict("model", {"images": images})).version == 2
     with pytest.raises(NotFound, match=r"Specific\(model, 1\)"):
-        core.predict("model", {"images": images}, version=1)
+        asyncio.run(core.predict("model", {"images": images}, version=1))
 
 
 def test_polling_thread_picks_up_a_new_version(base_path, exported, start_manager):
@@ -187,15 +188,12 @@ def test_version_labels_must_name_available_versions(base_path, exported, start_
         max_num_load_retries=0,
         allow_version_labels_for_unavailable_models=True,
     )
-    assert (
-        ModelServerCore(start_manager(labelled, allowing))
-        .predict("model", {"images": random_images(1)}, version_label="stable")
-        .version
-        == 1
-    )
+    core = ModelServerCore(start_manager(labelled, allowing))
+    assert asyncio.run(core.predict("model", {"images": random_images(1)}, version_label="stable")).version == 1
     manager = start_manager(config_with_policy(base_path, "all {}"))
     manager.reload_config(labelled)
-    result = ModelServerCore(manager).predict("model", {"images": random_images(1)}, version_label="stable")
+    core = ModelServerCore(manager)
+    result = asyncio.run(core.predict("model", {"images": random_images(1)}, version_label="stable"))
     assert result.version == 1
 
 
@@ -236,7 +234,7 @@ def test_one_unaspired_version_serves_until_an_aspired_one_does(base_path, expor
         (base_path / str(version)).mkdir()  # no saved_model.pb: both fail to load
     manager.poll_file_system()
     assert states(manager) == {4: END, 3: END, 2: AVAILABLE, 1: END}
-    assert ModelServerCore(manager).predict("model", {"images": random_images(1)}).version == 2
+    assert asyncio.run(ModelServerCore(manager).predict("model", {"images": random_images(1)})).version == 2
     shutil.copytree(exported[3], base_path / "5")  # aspired now: 5, which loads, and the broken 4
     manager.poll_file_system()
     assert states(manager) == {5: AVAILABLE, 4: END, 3: END, 2: END, 1: END}
@@ -311,7 +309,7 @@ def test_keras_model_saved_through_tf_module_fails_as_in_tf_serving(base_path, s
         manager = start_manager(build_single_model_config("model", str(base_path)))
     assert "its restore op does not initialize" in caplog.text
     with pytest.raises(ModelServerError) as raised:
-        ModelServerCore(manager).predict("model", {"images": random_images(1)})
+        asyncio.run(ModelServerCore(manager).predict("model", {"images": random_images(1)}))
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert raised.value.message.startswith("Could not find variable")
 

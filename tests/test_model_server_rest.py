@@ -256,7 +256,7 @@ _SIGNATURES = st.sampled_from(
     verb=st.sampled_from(["predict", "classify", "regress"]),
 )
 def test_no_request_body_gets_a_server_error(half_plus_two_server, signature, key, value, verb):
-    handler = RestApiHandler(half_plus_two_server.server.core, timeout_in_ms=5000)
+    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop, timeout_in_ms=5000)
     body = json.dumps({"signature_name": signature, key: value}).encode()
     answer = handler.handle("POST", f"/v1/models/half_plus_two:{verb}", body)
     assert answer.status in (200, 400, 404, 501), (body, answer.body)
@@ -278,7 +278,7 @@ def test_concurrent_requests_each_get_their_own_answer(rest):
 
 
 def test_requests_beyond_the_thread_limit_wait_their_turn(half_plus_two_server):
-    server = RestApiServer(RestApiHandler(half_plus_two_server.server.core), "127.0.0.1:0", num_threads=1)
+    server = RestApiServer(RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop), "127.0.0.1:0", num_threads=1)
     server.start()
     try:
         url = f"http://127.0.0.1:{server.port}/v1/models/half_plus_two:predict"
@@ -290,7 +290,7 @@ def test_requests_beyond_the_thread_limit_wait_their_turn(half_plus_two_server):
 
 
 def test_session_runs_past_rest_api_timeout_answer_504(half_plus_two_server):
-    handler = RestApiHandler(half_plus_two_server.server.core, timeout_in_ms=200)
+    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop, timeout_in_ms=200)
     started = time.monotonic()
     body = b'{"signature_name": "stuck", "instances": [[1.0]]}'
     answer = handler.handle("POST", "/v1/models/half_plus_two:predict", body)
@@ -302,7 +302,7 @@ def test_session_runs_past_rest_api_timeout_answer_504(half_plus_two_server):
 
 
 def test_cors_headers_and_preflight(half_plus_two_server):
-    handler = RestApiHandler(half_plus_two_server.server.core)
+    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop)
     server = RestApiServer(handler, "127.0.0.1:0", 2, enable_cors=True)
     server.start()
     try:
@@ -328,7 +328,7 @@ def test_prometheus_page_where_the_monitoring_config_puts_it(half_plus_two_serve
     config = MonitoringConfig()
     config.prometheus_config.enable = True
     config.prometheus_config.path = "/custom/metrics"
-    handler = RestApiHandler(half_plus_two_server.server.core)
+    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop)
     server = RestApiServer(handler, "127.0.0.1:0", 2, monitoring_config=config)
     server.start()
     try:

@@ -68,24 +68,20 @@ class SavedModelBundle:
     def signature_defs(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
         return self.meta_graph_def.signature_def
 
-    def run(self, feeds: Sequence[tuple[str, np.ndarray]], fetches: Sequence[str]) -> list[np.ndarray]:
-        """Session::Run, through the batching session when batching is on."""
-        if self.batching is not None:
-            return self.batching.run(feeds, fetches)
-        return self.run_unbatched(feeds, fetches)
-
-    async def run_async(
+    async def run(
         self,
         feeds: Sequence[tuple[str, np.ndarray]],
         fetches: Sequence[str],
         executor: Executor | None = None,
     ) -> list[np.ndarray]:
-        """`run` from a coroutine: a batched run awaits its batch; an unbatched one runs on `executor`."""
+        """Session::Run: a batched run awaits its batch; an unbatched one runs on `executor`."""
         if self.batching is not None:
-            return await self.batching.run_async(feeds, fetches, executor)
+            return await self.batching.run(feeds, fetches, executor)
         return await in_thread(executor, self.run_unbatched, feeds, fetches)
 
-    def run_unbatched(self, feeds: Sequence[tuple[str, np.ndarray]], fetches: Sequence[str]) -> list[np.ndarray]:
+    def run_unbatched(
+        self, feeds: Sequence[tuple[str, np.ndarray]], fetches: Sequence[str]
+    ) -> list[np.ndarray]:
         """Session::Run: feed tensors by name, return the fetched tensors; TF errors keep their code."""
         feed_dict = {self._graph_output(name): value for name, value in feeds}
         fetch_list = [self._graph_output(name) for name in fetches]

@@ -17,7 +17,7 @@ from serving.model_server import inference
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.errors import InvalidArgument, NotFound
 from serving.model_server.manager import ModelManager, VersionStatus
-from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict, run_predict_async
+from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -60,12 +60,17 @@ class ModelMetadata:
 
 
 class ModelServerCore:
-    """What every edge calls; one per server, safe to call from many threads at once."""
+    """What every edge calls; one per server. Methods that run a model are coroutines.
 
-    def __init__(self, manager: ModelManager) -> None:
+    Call them on the server's event loop: a batched run awaits its batch there, and an
+    unbatched one runs on `executor` (None: the loop's default executor).
+    """
+
+    def __init__(self, manager: ModelManager, executor: Executor | None = None) -> None:
         self.manager = manager
+        self.executor = executor
 
-    def predict(
+    async def predict(
         self,
         model_name: str,
         inputs: Mapping[str, RequestValue],
@@ -80,44 +85,21 @@ class ModelServerCore:
 
         `decode` turns each request value into an array (e.g. a TensorProto decoder);
         it runs where TF Serving parses tensors, so errors come in TF Serving's order.
+        A batched run waits for its batch without holding a thread.
         """
         with self.manager.servable(model_name, version, version_label) as bundle:
-            used_signature, outputs = run_predict(
+            used_signature, outputs = await run_predict(
                 bundle,
                 signature_name,
                 inputs,
                 output_filter,
                 decode,
                 self.manager.options.enable_signature_method_name_check,
+                self.executor,
             )
             return PredictResult(model_name, bundle.version, used_signature, outputs)
 
-    async def predict_async(
-        self,
-        model_name: str,
-        inputs: Mapping[str, RequestValue],
-        *,
-        version: int | None = None,
-        version_label: str | None = None,
-        signature_name: str = "",
-        output_filter: Sequence[str] = (),
-        decode: Callable[[RequestValue], np.ndarray] = np.asarray,
-        executor: Executor | None = None,
-    ) -> PredictResult:
-        """`predict` from a coroutine (the gRPC edge): a batched run waits without holding a thread."""
-        with self.manager.servable(model_name, version, version_label) as bundle:
-            used_signature, outputs = await run_predict_async(
-                bundle,
-                signature_name,
-                inputs,
-                output_filter,
-                decode,
-                self.manager.options.enable_signature_method_name_check,
-                executor,
-            )
-            return PredictResult(model_name, bundle.version, used_signature, outputs)
-
-    def classify(
+    async def classify(
         self,
         model_name: str,
         model_input: input_pb2.Input,
@@ -129,10 +111,10 @@ class ModelServerCore:
         """Classify the tf.Examples of `model_input` with a classification signature."""
         with self.manager.servable(model_name, version, version_label) as bundle:
             check = self.manager.options.enable_signature_method_name_check
-            result = inference.run_classify(bundle, signature_name, model_input, check)
+            result = await inference.run_classify(bundle, signature_name, model_input, check, self.executor)
             return ClassifyResult(inference.model_spec(model_name, signature_name, bundle.version), result)
 
-    def regress(
+    async def regress(
         self,
         model_name: str,
         model_input: input_pb2.Input,
@@ -144,10 +126,10 @@ class ModelServerCore:
         """Regress the tf.Examples of `model_input` with a regression signature."""
         with self.manager.servable(model_name, version, version_label) as bundle:
             check = self.manager.options.enable_signature_method_name_check
-            result = inference.run_regress(bundle, signature_name, model_input, check)
+            result = await inference.run_regress(bundle, signature_name, model_input, check, self.executor)
             return RegressResult(inference.model_spec(model_name, signature_name, bundle.version), result)
 
-    def multi_inference(
+    async def multi_inference(
         self, request: inference_pb2.MultiInferenceRequest
     ) -> inference_pb2.MultiInferenceResponse:
         """Several classify/regress tasks on one input; the first task's ModelSpec picks the version."""
@@ -159,7 +141,7 @@ class ModelServerCore:
             spec.version_label if choice == "version_label" else None,
         ) as bundle:
             check = self.manager.options.enable_signature_method_name_check
-            return inference.run_multi_inference(bundle, request, check)
+            return await inference.run_multi_inference(bundle, request, check, self.executor)
 
     def signature_inputs(
         self,

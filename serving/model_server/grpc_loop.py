@@ -1,14 +1,11 @@
 """grpcio's asyncio server on an event loop of its own, driven like `grpc.Server` from any thread.
 
-Why asyncio: with server-side batching, a Predict call spends most of its life waiting for
-its batch. grpcio's thread-pool server parks one thread per call there, and every answer
-then takes a chain of thread wake-ups (batch thread -> call's thread -> gRPC's thread), each
-waiting for the GIL. On 2 cores that wake-up chain, not CPU, capped single-image Predict:
-the server used 1.45 of the 2 cores at concurrency 32. On the loop a batch wakes it once and
-every call of the batch answers in that turn (docs/benchmarks.md has the figures).
-
-Methods that are plain functions (everything but Predict) run on `executor`, grpcio's
-"migration thread pool", as they did on the thread-pool server.
+Why asyncio: with server-side batching a call mostly waits for its batch; on the loop it
+holds no thread meanwhile, and a finished batch wakes the loop once to answer all its calls
+(a thread per call would need a chain of thread wake-ups per answer; docs/benchmarks.md).
+The REST edge's threads submit the core's coroutines to the same loop. A plain-function
+method (HandleReloadConfigRequest, which blocks while it loads) runs on `executor`,
+grpcio's "migration thread pool".
 """
 
 from __future__ import annotations

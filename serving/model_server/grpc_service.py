@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -55,34 +54,16 @@ def _seconds_to_deadline(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None or remaining > NO_DEADLINE_SECONDS else remaining
 
 
-def _handle_errors(method: Callable[[Any, Any, grpc.ServicerContext], Response]) -> Callable[..., Response]:
-    """Map core errors to gRPC statuses and log one line per call."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
-        call = _Call(method.__name__, request)
-        try:
-            # TF Serving bounds the session run by the call's deadline (RunOptions.timeout_in_ms).
-            with run_timeout(_seconds_to_deadline(context)):
-                return method(self, request, context)
-        except Exception as error:
-            context.abort(*call.failed(error))
-        finally:
-            call.record()
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
-
-
-def _handle_errors_async(
+def _handle_errors(
     method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[..., Awaitable[Response]]:
-    """`_handle_errors` for a coroutine method of the asyncio server."""
+    """Map core errors to gRPC statuses and log one line per call."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
         call = _Call(method.__name__, request)
         try:
+            # TF Serving bounds the session run by the call's deadline (RunOptions.timeout_in_ms).
             with run_timeout(_seconds_to_deadline(context)):
                 return await method(self, request, context)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
@@ -103,7 +84,7 @@ def _handle_errors_async(
 
 
 class _Call:
-    """One call's status, metrics and log line, shared by the thread and coroutine edges."""
+    """One call's status, metrics and log line."""
 
     __slots__ = ("method", "model_name", "started", "code")
 
@@ -149,40 +130,37 @@ def _require_model_spec(request: Any) -> None:
 class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata.
 
-    Predict is a coroutine on the server's event loop: with batching on, a call waits for its
-    batch without holding a thread, and the loop answers a whole batch in one wake-up. At most
-    `max_concurrent_predicts` (--grpc_max_threads) run at once, as many as TF Serving's threads;
-    the rest wait their turn. The other methods are plain functions on the server's threads.
+    Coroutines on the server's event loop: with batching on, a call waits for its batch
+    without holding a thread, and the loop answers a whole batch in one wake-up. At most
+    `max_concurrent_runs` (--grpc_max_threads) calls that run the model do so at once, as
+    many as TF Serving's threads; the rest wait their turn.
     """
 
     def __init__(
-        self,
-        core: ModelServerCore,
-        tensor_content: bool = False,
-        executor: Executor | None = None,
-        max_concurrent_predicts: int = 64,
+        self, core: ModelServerCore, tensor_content: bool = False, max_concurrent_runs: int = 64
     ) -> None:
         self._core = core
         self._tensor_content = tensor_content
-        self._executor = executor
-        self._max_concurrent_predicts = max(max_concurrent_predicts, 1)
-        self._predict_slots: asyncio.Semaphore | None = None  # made on the loop, at the first call
+        self._max_concurrent_runs = max(max_concurrent_runs, 1)
+        self._run_slots: asyncio.Semaphore | None = None  # made on the loop, at the first call
 
-    @_handle_errors_async
+    def _slots(self) -> asyncio.Semaphore:
+        if self._run_slots is None:
+            self._run_slots = asyncio.Semaphore(self._max_concurrent_runs)
+        return self._run_slots
+
+    @_handle_errors
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         _require_model_spec(request)
-        if self._predict_slots is None:
-            self._predict_slots = asyncio.Semaphore(self._max_concurrent_predicts)
-        async with self._predict_slots:
-            result = await self._core.predict_async(
+        async with self._slots():
+            result = await self._core.predict(
                 request.model_spec.name,
                 request.inputs,
                 signature_name=request.model_spec.signature_name,
                 output_filter=list(request.output_filter),
                 decode=decode_tensor,
-                executor=self._executor,
                 **_version_choice(request.model_spec),
             )
         response = predict_pb2.PredictResponse()
@@ -194,8 +172,8 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         return response
 
     @_handle_errors
-    def GetModelMetadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         _require_model_spec(request)
         metadata = self._core.get_model_metadata(
@@ -211,36 +189,39 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         return response
 
     @_handle_errors
-    def Classify(
-        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    async def Classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         _require_model_spec(request)
-        answer = self._core.classify(
-            request.model_spec.name,
-            request.input,
-            signature_name=request.model_spec.signature_name,
-            **_version_choice(request.model_spec),
-        )
+        async with self._slots():
+            answer = await self._core.classify(
+                request.model_spec.name,
+                request.input,
+                signature_name=request.model_spec.signature_name,
+                **_version_choice(request.model_spec),
+            )
         return classification_pb2.ClassificationResponse(model_spec=answer.model_spec, result=answer.result)
 
     @_handle_errors
-    def Regress(
-        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    async def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         _require_model_spec(request)
-        answer = self._core.regress(
-            request.model_spec.name,
-            request.input,
-            signature_name=request.model_spec.signature_name,
-            **_version_choice(request.model_spec),
-        )
+        async with self._slots():
+            answer = await self._core.regress(
+                request.model_spec.name,
+                request.input,
+                signature_name=request.model_spec.signature_name,
+                **_version_choice(request.model_spec),
+            )
         return regression_pb2.RegressionResponse(model_spec=answer.model_spec, result=answer.result)
 
     @_handle_errors
-    def MultiInference(
-        self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
+    async def MultiInference(
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
-        return self._core.multi_inference(request)
+        async with self._slots():
+            return await self._core.multi_inference(request)
 
 
 class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -250,8 +231,8 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._core = core
 
     @_handle_errors
-    def GetModelStatus(
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         _require_model_spec(request)
         version = request.model_spec.version.value if request.model_spec.HasField("version") else None
@@ -268,7 +249,8 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        # Unlike the others, this answers a response carrying the status as well.
+        # A plain method, which grpc.aio runs on its thread pool: loading blocks. Unlike the
+        # others, it answers a response carrying the status as well.
         response = model_management_pb2.ReloadConfigResponse()
         for metric_name in request.metric_names:
             response.metric.add(name=metric_name, int64_value_increase=0)  # no metrics collected here

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request
 
+from serving.config.monitoring_config_pb2 import MonitoringConfig
 from serving.model_server import json_tensor, monitoring
 from serving.model_server.errors import Internal, InvalidArgument, http_status
-from serving.config.monitoring_config_pb2 import MonitoringConfig
 from serving.model_server.rest_api import API_PATH, RestAnswer, RestApiHandler
 
 logger = logging.getLogger(__name__)

@@ -8,14 +8,16 @@ fed to the signature's `inputs`, and the outputs checked and shaped into results
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numpy as np
-import tensorflow as tf
 from google.protobuf import text_format
 
 from serving.model_server import metrics
 from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from serving.model_server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
+from serving.model_server.tensor_encoding import data_type
 from serving.protos.tensorflow.core.framework import types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
@@ -25,6 +27,7 @@ from serving.protos.tensorflow_serving.apis import (
     model_pb2,
     regression_pb2,
 )
+from serving.tensors import shape_string
 
 # tensorflow/cc/saved_model/signature_constants.h
 CLASSIFY_INPUTS = "inputs"
@@ -126,7 +129,7 @@ def classification_result(
             )
         if data_type(tensor) != dtype:
             raise InvalidArgument(
-                f"Expected {kind} Tensor of {types_pb2.DataType.Name(dtype)}. Got: {data_type_name(tensor)}"
+                f"Expected {kind} Tensor of {types_pb2.DataType.Name(dtype)}. Got: {_data_type_name(tensor)}"
             )
         if tensor.shape[0] != num_examples:
             raise InvalidArgument(
@@ -150,18 +153,19 @@ def classification_result(
     return result
 
 
-def run_classify(
+async def run_classify(
     bundle: SavedModelBundle,
     signature_name: str,
     model_input: input_pb2.Input,
     check_method_name: bool = False,
+    executor: Executor | None = None,
 ) -> classification_pb2.ClassificationResult:
     """RunClassify(): the signature's classes and scores for each example of `model_input`."""
     signature = classification_signature(bundle, signature_name, check_method_name)
     input_name, output_names = classification_tensor_names(signature, check_method_name)
     examples = serialized_examples(model_input)
     with metrics.runtime(bundle.model_name, "Classify"):
-        outputs = bundle.run([(input_name, examples)], output_names)
+        outputs = await bundle.run([(input_name, examples)], output_names, executor)
     return classification_result(signature, len(examples), output_names, outputs)
 
 
@@ -226,7 +230,7 @@ def regression_result(
             f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
         )
     if data_type(tensor) != types_pb2.DT_FLOAT:
-        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {data_type_name(tensor)}")
+        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_data_type_name(tensor)}")
     if tensor.size != num_examples:
         raise InvalidArgument(f"Expected output batch size to be {num_examples}.  Got: {tensor.size}")
     result = regression_pb2.RegressionResult()
@@ -235,26 +239,30 @@ def regression_result(
     return result
 
 
-def run_regress(
+async def run_regress(
     bundle: SavedModelBundle,
     signature_name: str,
     model_input: input_pb2.Input,
     check_method_name: bool = False,
+    executor: Executor | None = None,
 ) -> regression_pb2.RegressionResult:
     """RunRegress(): the signature's value for each example of `model_input`."""
     signature = regression_signature(bundle, signature_name, check_method_name)
     input_name, output_names = regression_tensor_names(signature, check_method_name)
     examples = serialized_examples(model_input)
     with metrics.runtime(bundle.model_name, "Regress"):
-        outputs = bundle.run([(input_name, examples)], output_names)
+        outputs = await bundle.run([(input_name, examples)], output_names, executor)
     return regression_result(signature, len(examples), output_names, outputs)
 
 
 # MultiInference ------------------------------------------------------------------------
 
 
-def run_multi_inference(
-    bundle: SavedModelBundle, request: inference_pb2.MultiInferenceRequest, check_method_name: bool = False
+async def run_multi_inference(
+    bundle: SavedModelBundle,
+    request: inference_pb2.MultiInferenceRequest,
+    check_method_name: bool = False,
+    executor: Executor | None = None,
 ) -> inference_pb2.MultiInferenceResponse:
     """TensorFlowMultiInferenceRunner::Infer(): several classify/regress tasks, one session run."""
     model_name = ""
@@ -288,7 +296,7 @@ def run_multi_inference(
 
     fetches = sorted(output_names)  # std::set order, as the C++ builds its fetch list
     examples = serialized_examples(request.input)
-    outputs = bundle.run([(name, examples) for name in sorted(input_names)], fetches)
+    outputs = await bundle.run([(name, examples) for name in sorted(input_names)], fetches, executor)
 
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
@@ -307,21 +315,9 @@ def run_multi_inference(
 # Helpers -------------------------------------------------------------------------------
 
 
-def data_type(array: np.ndarray) -> int:
-    try:
-        return tf.as_dtype(array.dtype).as_datatype_enum
-    except TypeError:
-        return types_pb2.DT_INVALID
-
-
-def data_type_name(array: np.ndarray) -> str:
+def _data_type_name(array: np.ndarray) -> str:
     """DataType_Name(): DT_FLOAT, DT_STRING..."""
     return types_pb2.DataType.Name(data_type(array))
-
-
-def shape_string(shape: tuple[int, ...]) -> str:
-    """TensorShape::DebugString(): [2,3]."""
-    return "[" + ",".join(str(size) for size in shape) + "]"
 
 
 def _check_method_name(signature: meta_graph_pb2.SignatureDef, method: str, kind: str) -> None:

@@ -511,7 +511,7 @@ def _write_value(writer: PrettyWriter, value: object, dtype: np.dtype, as_base64
         writer.raw_number(str(int(value)))  # type: ignore[call-overload]
     elif dtype == np.bool_:
         writer.boolean(bool(value))
-    elif dtype == object or dtype.kind in ("S", "U"):
+    elif dtype.kind in ("O", "S", "U"):
         data = value if isinstance(value, bytes) else str(value).encode()
         if as_base64:
             writer.start_object()

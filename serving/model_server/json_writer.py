@@ -9,6 +9,7 @@ mid-document, and floats go through its WriteDecimal (shortest of %g and %.9g/%.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from decimal import Decimal
@@ -170,10 +171,8 @@ def debug_string(value: object) -> str:
     """JsonValueToDebugString(): single-line arrays, cut after the token that passes 256 bytes."""
     writer = PrettyWriter(limit=MAX_DEBUG_STRING_BYTES)
     writer.single_line_arrays = True
-    try:
+    with contextlib.suppress(_LimitReached):
         write_value(writer, value)
-    except _LimitReached:
-        pass
     return writer.text()
 
 

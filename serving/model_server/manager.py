@@ -67,7 +67,8 @@ class ModelManager:
         # One scheduler for every version, as TF Serving's SavedModelBundleFactory holds one.
         self._batch_scheduler: BatchScheduler | None = None
         if self.options.enable_batching:
-            batching_options = read_batching_options(self.options.batching_parameters_file, os.cpu_count() or 1)
+            parameters_file = self.options.batching_parameters_file
+            batching_options = read_batching_options(parameters_file, os.cpu_count() or 1)
             self._batch_scheduler = BatchScheduler(batching_options)
         self.config = ModelServerConfig()
         self._serving: dict[str, dict[int, SavedModelBundle]] = {}
@@ -296,7 +297,8 @@ class ModelManager:
             if attempt < retries:
                 if not self._still_aspired(model_name, version):
                     # AspiredVersionsManager cancels the retries of a version no longer aspired.
-                    logger.info("Retrying of Loading servable: %s was cancelled.", servable_id(model_name, version))
+                    name = servable_id(model_name, version)
+                    logger.info("Retrying of Loading servable: %s was cancelled.", name)
                     break
                 logger.warning(
                     "Loading servable version %s failed: %s; retrying",
@@ -385,10 +387,9 @@ class ModelManager:
 def settle_heap() -> None:
     """Collect once, then leave what survives out of garbage collection until versions change.
 
-    With TensorFlow and a few models loaded the process holds ~300,000 long-lived Python
-    objects; every full collection walked them all holding the GIL, 30-150 ms in the middle of
-    requests (the tail of the latency). Unfreezing first lets an unloaded version's reference
-    cycles be freed; the one collection here costs that once per change.
+    A loaded TensorFlow holds very many long-lived Python objects, and full collections
+    walking them in the middle of requests make the latency's tail (docs/benchmarks.md).
+    Unfreezing first lets an unloaded version's reference cycles be freed.
     """
     gc.unfreeze()
     gc.collect()

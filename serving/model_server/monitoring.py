@@ -11,8 +11,8 @@ import logging
 
 from google.protobuf import text_format
 
-from serving.model_server.errors import InvalidArgument, NotFound
 from serving.config.monitoring_config_pb2 import MonitoringConfig
+from serving.model_server.errors import InvalidArgument, NotFound
 
 logger = logging.getLogger(__name__)
 

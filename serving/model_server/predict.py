@@ -7,7 +7,6 @@ tensorflow/cc/saved_model/util.cc (GetInputValues). Inputs arrive undecoded with
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import NamedTuple, TypeVar
@@ -18,9 +17,9 @@ import tensorflow as tf
 from serving.model_server import metrics
 from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
-from serving.model_server.tensor_encoding import OpaqueTensor
-from serving.protos.tensorflow.core.framework import tensor_shape_pb2, types_pb2
+from serving.model_server.tensor_encoding import OpaqueTensor, data_type
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
+from serving.tensors import shape_fits, type_name
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -30,22 +29,7 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 RequestValue = TypeVar("RequestValue")
 
 
-def run_predict(
-    bundle: SavedModelBundle,
-    signature_name: str,
-    inputs: Mapping[str, RequestValue],
-    output_filter: Sequence[str],
-    decode: Callable[[RequestValue], np.ndarray] = np.asarray,
-    check_method_name: bool = False,
-) -> tuple[str, dict[str, np.ndarray]]:
-    """Run a signature; return the signature name used and its outputs by alias."""
-    run = _prepare(bundle, signature_name, inputs, output_filter, decode, check_method_name)
-    with metrics.runtime(bundle.model_name, "Predict"):
-        values = bundle.run(run.feeds, run.fetches)
-    return run.signature_name, dict(zip(run.aliases, values, strict=True))
-
-
-async def run_predict_async(
+async def run_predict(
     bundle: SavedModelBundle,
     signature_name: str,
     inputs: Mapping[str, RequestValue],
@@ -54,10 +38,10 @@ async def run_predict_async(
     check_method_name: bool = False,
     executor: Executor | None = None,
 ) -> tuple[str, dict[str, np.ndarray]]:
-    """`run_predict` from a coroutine: the same checks, then it awaits the session run."""
+    """Run a signature; return the signature name used and its outputs by alias."""
     run = _prepare(bundle, signature_name, inputs, output_filter, decode, check_method_name)
     with metrics.runtime(bundle.model_name, "Predict"):
-        values = await bundle.run_async(run.feeds, run.fetches, executor)
+        values = await bundle.run(run.feeds, run.fetches, executor)
     return run.signature_name, dict(zip(run.aliases, values, strict=True))
 
 
@@ -170,45 +154,19 @@ def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, np.ndarray]], bund
     static shape binds nothing, TF Serving feeds it any shape, and so does this.
     """
     for index, (info, array) in enumerate(feeds):
-        provided = array.data_type if isinstance(array, OpaqueTensor) else _data_type(array)
+        provided = array.data_type if isinstance(array, OpaqueTensor) else data_type(array)
         if provided != info.dtype:
             raise InvalidArgument(
-                f"Expects arg[{index}] to be {_type_name(info.dtype)} but {_type_name(provided)} is provided"
+                f"Expects arg[{index}] to be {type_name(info.dtype)} but {type_name(provided)} is provided"
             )
         if isinstance(array, OpaqueTensor):  # a signature input of that type: nothing to feed it from Python
-            raise Unimplemented(f"Feeding a {_type_name(provided)} tensor to arg[{index}] is not supported")
+            raise Unimplemented(f"Feeding a {type_name(provided)} tensor to arg[{index}] is not supported")
     for info, array in feeds:
-        if not _shape_fits(info.tensor_shape, array.shape) and bundle.is_placeholder(info.name):
+        if not shape_fits(info.tensor_shape, array.shape) and bundle.is_placeholder(info.name):
             raise InvalidArgument(
                 f"Cannot feed value of shape {tuple(array.shape)!r} for Tensor {info.name}, "
                 f"which has shape {tf.TensorShape(info.tensor_shape)}"
             )
-
-
-def _shape_fits(expected: tensor_shape_pb2.TensorShapeProto, shape: tuple[int, ...]) -> bool:
-    """tf.TensorShape(expected).is_compatible_with(shape), without building TensorShapes per call."""
-    if expected.unknown_rank:
-        return True
-    dims = expected.dim
-    return len(dims) == len(shape) and all(dim.size in (-1, size) for dim, size in zip(dims, shape))
-
-
-@functools.lru_cache(maxsize=64)
-def _dtype_enum(dtype: np.dtype) -> int:
-    try:
-        return tf.as_dtype(dtype).as_datatype_enum
-    except TypeError:
-        return types_pb2.DT_INVALID
-
-
-def _data_type(array: np.ndarray) -> int:
-    return _dtype_enum(array.dtype)
-
-
-def _type_name(data_type: int) -> str:
-    """TensorFlow's DataTypeString(): DT_FLOAT -> float, DT_INT64 -> int64."""
-    name = types_pb2.DataType.Name(data_type) if data_type in types_pb2.DataType.values() else "DT_INVALID"
-    return name.removeprefix("DT_").lower()
 
 
 def _join(names: object) -> str:

@@ -3,14 +3,18 @@
 HttpRestApiHandler's routing, order of checks and answers (model_servers/
 http_rest_api_handler.cc, http_rest_api_util.cc): status and metadata as protobuf JSON,
 `:predict` / `:classify` / `:regress` through json_tensor.py, errors as `{"error": ...}`
-with http_server.cc's status for the code. http_server.py puts it on a port.
+with http_server.cc's status for the code. http_server.py puts it on a port; its threads
+parse and write JSON, and hand each model run to the server's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from google.protobuf import json_format
@@ -34,6 +38,7 @@ STATUS_PATH = re.compile(
     re.IGNORECASE,
 )
 _INT64_MAX = 2**63 - 1
+Result = TypeVar("Result")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +62,13 @@ class _Target:
 
 
 class RestApiHandler:
-    """HttpRestApiHandler: one per server, safe to call from many threads at once."""
+    """HttpRestApiHandler: one per server, safe to call from many threads at once, but not the loop's."""
 
-    def __init__(self, core: ModelServerCore, timeout_in_ms: int = 0) -> None:
+    def __init__(
+        self, core: ModelServerCore, loop: asyncio.AbstractEventLoop, timeout_in_ms: int = 0
+    ) -> None:
         self.core = core
+        self.loop = loop  # where the core's coroutines run
         # RunOptions.timeout_in_ms of every session run a request makes; <= 0: none.
         self.timeout_seconds = timeout_in_ms / 1000 if timeout_in_ms > 0 else None
 
@@ -94,26 +102,41 @@ class RestApiHandler:
         signature = json_tensor.signature_name(document)
         tensor_infos = self.core.signature_inputs(target.model_name, signature, **_version(target))
         request_format, inputs = json_tensor.predict_inputs(document, tensor_infos, signature)
-        with run_timeout(self.timeout_seconds):
-            result = self.core.predict(
+        result = self._run(
+            self.core.predict(
                 target.model_name, inputs, signature_name=signature, decode=_identity, **_version(target)
             )
+        )
         return json_tensor.predict_response(result.outputs, request_format)
 
     def _classify_or_regress(self, target: _Target, body: bytes, classify: bool) -> str:
         document = json_tensor.parse_request(body)
         signature = json_tensor.signature_name(document)
         model_input = json_tensor.examples_input(document)
-        with run_timeout(self.timeout_seconds):
-            if classify:
-                classified = self.core.classify(
+        if classify:
+            classified = self._run(
+                self.core.classify(
                     target.model_name, model_input, signature_name=signature, **_version(target)
                 )
-                return json_tensor.classification_response(classified.result)
-            regressed = self.core.regress(
-                target.model_name, model_input, signature_name=signature, **_version(target)
             )
-            return json_tensor.regression_response(regressed.result)
+            return json_tensor.classification_response(classified.result)
+        regressed = self._run(
+            self.core.regress(target.model_name, model_input, signature_name=signature, **_version(target))
+        )
+        return json_tensor.regression_response(regressed.result)
+
+    def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
+        """Run a core coroutine on the server's loop, bounded by --rest_api_timeout_in_ms; wait for it."""
+
+        if _running_loop() is self.loop:  # waiting here would stop the loop that must answer
+            coroutine.close()
+            raise RuntimeError("RestApiHandler called from its own event loop's thread")
+
+        async def with_timeout() -> Result:
+            with run_timeout(self.timeout_seconds):
+                return await coroutine
+
+        return asyncio.run_coroutine_threadsafe(with_timeout(), self.loop).result()
 
     def _status(self, target: _Target) -> str:
         # ProcessModelStatusRequest(); a label picks no version here, as in TF Serving.
@@ -182,6 +205,13 @@ def _version(target: _Target) -> dict[str, object]:
 def _unquote(text: str) -> str:
     # curl_easy_unescape(): %XX only ('+' stays), bytes kept even if not UTF-8.
     return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _identity(value: object) -> object:

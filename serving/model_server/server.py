@@ -15,6 +15,7 @@ from concurrent import futures
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from serving.config.monitoring_config_pb2 import MonitoringConfig
 from serving.model_server import metrics, tls
 from serving.model_server.config import ModelServerConfig, read_model_server_config
 from serving.model_server.core import ModelServerCore
@@ -23,7 +24,6 @@ from serving.model_server.grpc_loop import LoopGrpcServer
 from serving.model_server.grpc_service import ModelServiceServicer, PredictionServiceServicer
 from serving.model_server.http_server import RestApiServer
 from serving.model_server.manager import ModelManager
-from serving.config.monitoring_config_pb2 import MonitoringConfig
 from serving.model_server.options import ServerOptions
 from serving.model_server.rest_api import RestApiHandler
 from serving.protos.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -81,7 +81,7 @@ class ModelServer:
 
     def add_rest_api(self, address: str, monitoring_config: MonitoringConfig | None = None) -> int:
         """Serve the REST API (and the Prometheus page, if configured) on `host:port`; return the port."""
-        handler = RestApiHandler(self.core, self.options.rest_api_timeout_in_ms)
+        handler = RestApiHandler(self.core, self.grpc_server.loop, self.options.rest_api_timeout_in_ms)
         self.rest_api = RestApiServer(
             handler,
             address,
@@ -160,18 +160,18 @@ def create_server(
     except BaseException:
         manager.stop()
         raise
-    core = ModelServerCore(manager)
     channel_options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *parse_channel_arguments(options.grpc_channel_arguments),
     ]
     threads = max(options.grpc_max_threads, 1)
+    # Unbatched session runs and the plain gRPC methods share these threads, as many as TF Serving's.
     executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
+    core = ModelServerCore(manager, executor)
     grpc_server = LoopGrpcServer(executor, channel_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServiceServicer(core, options.enable_serialization_as_tensor_content, executor, threads),
-        grpc_server,
+        PredictionServiceServicer(core, options.enable_serialization_as_tensor_content, threads), grpc_server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(core), grpc_server)
     server = ModelServer(grpc_server, core, options, config)

@@ -1,4 +1,5 @@
-"""Output tensors to TensorProto the two ways TF Serving writes them.
+"""TensorProto to and from NumPy where TensorFlow's own conversions are needed: request tensors
+in, output tensors out the two ways TF Serving writes them.
 
 By default TF Serving fills the typed repeated fields (Tensor::AsProtoField: `float_val`...);
 with --enable_serialization_as_tensor_content it writes raw `tensor_content`
@@ -7,6 +8,7 @@ with --enable_serialization_as_tensor_content it writes raw `tensor_content`
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -15,28 +17,21 @@ import tensorflow as tf
 from serving import tensors
 from serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-# Which repeated field Tensor::AsProtoField fills for each type.
-_VALUE_FIELD = {
-    types_pb2.DT_FLOAT: "float_val",
-    types_pb2.DT_DOUBLE: "double_val",
-    types_pb2.DT_INT32: "int_val",
-    types_pb2.DT_INT16: "int_val",
-    types_pb2.DT_INT8: "int_val",
-    types_pb2.DT_UINT8: "int_val",
-    types_pb2.DT_UINT16: "int_val",
-    types_pb2.DT_INT64: "int64_val",
-    types_pb2.DT_UINT32: "uint32_val",
-    types_pb2.DT_UINT64: "uint64_val",
-    types_pb2.DT_BOOL: "bool_val",
-    types_pb2.DT_STRING: "string_val",
-}
-
-
-# TensorShape::MaxDimensions(): Tensor::FromProto refuses a shape with more dimensions.
-_MAX_DIMS = 254
-_INT64_MAX = 2**63 - 1
 # Types TensorFlow parses from a request but NumPy cannot hold.
 _OPAQUE_TYPES = frozenset({types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT})
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_enum(dtype: np.dtype) -> int:
+    try:
+        return tf.as_dtype(dtype).as_datatype_enum
+    except TypeError:
+        return types_pb2.DT_INVALID
+
+
+def data_type(array: np.ndarray) -> int:
+    """The TensorFlow DataType of a NumPy array (DT_INVALID for none), as a session feed sees it."""
+    return _dtype_enum(array.dtype)
 
 
 class OpaqueTensor(NamedTuple):
@@ -50,32 +45,19 @@ class OpaqueTensor(NamedTuple):
 def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray | OpaqueTensor:
     """tf.make_ndarray, with raw numeric `tensor_content` (what clients send) read by NumPy.
 
-    Same values, shape and dtype, and the same ValueError on a malformed tensor, at a tenth
-    of the cost: this runs once per request. The array is a read-only view of the request's
-    bytes (nothing downstream writes to a feed). Typed value fields, strings and rarer
-    types go through TensorFlow. A shape Tensor::FromProto refuses (a negative size, which
-    NumPy's reshape would fill in, over 254 dimensions, or more elements than an int64
-    counts) is a ValueError too.
+    Same values, shape and dtype, and the same ValueError on a malformed tensor, for less
+    work on the per-request path. The array is a read-only view of the request's bytes
+    (nothing downstream writes to a feed). Typed value fields, strings and rarer types go
+    through TensorFlow. A shape Tensor::FromProto refuses (a negative size, which NumPy's
+    reshape would fill in, over 254 dimensions, or more elements than an int64 counts) is
+    a ValueError too.
     """
-    _check_shape(proto.tensor_shape)
+    tensors.check_shape(proto.tensor_shape)
     if proto.tensor_content and proto.dtype in tensors.NUMERIC_DTYPES:
         return tensors.make_ndarray(proto)
     if proto.dtype in _OPAQUE_TYPES:
         return OpaqueTensor(proto.dtype)
     return tf.make_ndarray(proto)
-
-
-def _check_shape(shape: tensor_shape_pb2.TensorShapeProto) -> None:
-    """TensorShape::IsValid(proto) for a full (not partial) shape."""
-    if len(shape.dim) > _MAX_DIMS:
-        raise ValueError(f"a tensor shape has at most {_MAX_DIMS} dimensions")
-    elements = 1
-    for dim in shape.dim:
-        if dim.size < 0:
-            raise ValueError(f"negative dimension size {dim.size}")
-        elements *= dim.size
-        if elements > _INT64_MAX:
-            raise ValueError("the shape has more elements than an int64 counts")
 
 
 def encode_tensor(array: np.ndarray, as_tensor_content: bool = False) -> tensor_pb2.TensorProto:
@@ -86,7 +68,7 @@ def encode_tensor(array: np.ndarray, as_tensor_content: bool = False) -> tensor_
 
 
 def _as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
-    data_type = tf.as_dtype(array.dtype).as_datatype_enum
+    data_type = tf.as_dtype(array.dtype).as_datatype_enum  # raises for a type TensorFlow has not
     proto = tensor_pb2.TensorProto(
         dtype=data_type,
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
@@ -99,8 +81,8 @@ def _as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
     elif data_type in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
         pairs = np.stack([flat.real, flat.imag], axis=-1).reshape(-1).tolist()
         (proto.scomplex_val if data_type == types_pb2.DT_COMPLEX64 else proto.dcomplex_val).extend(pairs)
-    elif data_type in _VALUE_FIELD:
-        getattr(proto, _VALUE_FIELD[data_type]).extend(flat.tolist())
+    elif data_type in tensors.VALUE_FIELD:
+        getattr(proto, tensors.VALUE_FIELD[data_type]).extend(flat.tolist())
     else:
         return tf.make_tensor_proto(array)  # types without a repeated field travel as content
     return proto

@@ -2,11 +2,13 @@
 
 The file is a TFRecord of PredictionLog protos, as TF Serving reads it
 (servables/tensorflow/saved_model_warmup_util.cc): at most 1000 records, each run
-`iterations` times; any failure fails the load.
+`iterations` times; any failure fails the load. The loading thread runs the replay on
+an event loop of its own, so a version warms up before any server loop exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -38,21 +40,8 @@ def run_warmup(bundle: SavedModelBundle, iterations: int = 1, check_method_name:
         return 0
     logger.info("Starting to read warmup data for model at %s", path)
     started = time.monotonic()
-    records = 0
     try:
-        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            log = prediction_log_pb2.PredictionLog()
-            try:
-                log.ParseFromString(record)
-            except Exception:  # protobuf's DecodeError; any failure means a bad record
-                raise InvalidArgument(f"Failed to parse warmup record: {record!r} from {path}") from None
-            for _ in range(max(iterations, 1)):
-                _replay(bundle, log, check_method_name)
-            records += 1
-            if records > MAX_WARMUP_RECORDS:
-                raise InvalidArgument(
-                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
-                )
+        records = asyncio.run(_replay_file(bundle, path, iterations, check_method_name))
     except tf.errors.DataLossError as error:
         raise DataLoss(f"{error.message}. Please verify your warmup data is in TFRecord format.") from None
     logger.info(
@@ -65,11 +54,31 @@ def run_warmup(bundle: SavedModelBundle, iterations: int = 1, check_method_name:
     return records
 
 
-def _replay(bundle: SavedModelBundle, log: prediction_log_pb2.PredictionLog, check_method_name: bool) -> None:
+async def _replay_file(bundle: SavedModelBundle, path: str, iterations: int, check_method_name: bool) -> int:
+    records = 0
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog()
+        try:
+            log.ParseFromString(record)
+        except Exception:  # protobuf's DecodeError; any failure means a bad record
+            raise InvalidArgument(f"Failed to parse warmup record: {record!r} from {path}") from None
+        for _ in range(max(iterations, 1)):
+            await _replay(bundle, log, check_method_name)
+        records += 1
+        if records > MAX_WARMUP_RECORDS:
+            raise InvalidArgument(
+                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
+            )
+    return records
+
+
+async def _replay(
+    bundle: SavedModelBundle, log: prediction_log_pb2.PredictionLog, check_method_name: bool
+) -> None:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         request = log.predict_log.request
-        run_predict(
+        await run_predict(
             bundle,
             request.model_spec.signature_name,
             request.inputs,
@@ -79,11 +88,11 @@ def _replay(bundle: SavedModelBundle, log: prediction_log_pb2.PredictionLog, che
         )
     elif kind == "classify_log":
         request = log.classify_log.request
-        run_classify(bundle, request.model_spec.signature_name, request.input, check_method_name)
+        await run_classify(bundle, request.model_spec.signature_name, request.input, check_method_name)
     elif kind == "regress_log":
         request = log.regress_log.request
-        run_regress(bundle, request.model_spec.signature_name, request.input, check_method_name)
+        await run_regress(bundle, request.model_spec.signature_name, request.input, check_method_name)
     elif kind == "multi_inference_log":
-        run_multi_inference(bundle, log.multi_inference_log.request, check_method_name)
+        await run_multi_inference(bundle, log.multi_inference_log.request, check_method_name)
     elif kind is not None:
         raise Unimplemented(f"Unsupported log_type for warmup: {kind}")
