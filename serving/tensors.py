@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb
 MAX_DIMS = 254
 _INT64_MAX = 2**63 - 1
 
-NUMPY_BY_DTYPE = {
+NUMPY_BY_DTYPE: dict[Any, type] = {
     types_pb2.DT_FLOAT: np.float32,
     types_pb2.DT_DOUBLE: np.float64,
     types_pb2.DT_HALF: np.float16,

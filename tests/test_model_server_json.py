@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.model_server import json_tensor
+from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.errors import ModelServerError
-from serving.model_server.json_writer import debug_string, decimal
+from serving.model_server.rest.json_writer import debug_string, decimal
 from serving.protos.tensorflow.core.framework import types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import classification_pb2, regression_pb2
@@ -43,22 +43,22 @@ def test_debug_string_is_rapidjsons_pretty_layout_cut_at_256_bytes():
 
 def test_answers_layout():
     outputs = {"y": np.array([[2.5], [3.0]], np.float32)}
-    assert json_tensor.predict_response(outputs, json_tensor.RequestFormat.ROW) == (
+    assert json_answers.predict_response(outputs, predict_request.RequestFormat.ROW) == (
         '{\n    "predictions": [[2.5], [3.0]\n    ]\n}'
     )
     several = {"a": np.array([1, 2], np.int64), "b_bytes": np.array([b"\x00", b"z"], dtype=object)}
-    assert json_tensor.predict_response(several, json_tensor.RequestFormat.ROW) == (
+    assert json_answers.predict_response(several, predict_request.RequestFormat.ROW) == (
         '{\n    "predictions": [\n        {\n            "a": 1,\n            "b_bytes": {\n'
         '                "b64": "AA=="\n            }\n        },\n        {\n            "a": 2,\n'
         '            "b_bytes": {\n                "b64": "eg=="\n            }\n        }\n    ]\n}'
     )
     result = classification_pb2.ClassificationResult()
     result.classifications.add().classes.add(label="cat", score=0.25)
-    assert json_tensor.classification_response(result) == '{\n    "results": [[["cat", 0.25]]\n    ]\n}'
+    assert json_answers.classification_response(result) == '{\n    "results": [[["cat", 0.25]]\n    ]\n}'
     regression = regression_pb2.RegressionResult()
     regression.regressions.add(value=1.5)
-    assert json_tensor.regression_response(regression) == '{\n    "results": [1.5]\n}'
-    assert json_tensor.error_response('bad "thing"\n') == '{\n    "error": "bad \\"thing\\"\\n"\n}'
+    assert json_answers.regression_response(regression) == '{\n    "results": [1.5]\n}'
+    assert json_answers.error_response('bad "thing"\n') == '{\n    "error": "bad \\"thing\\"\\n"\n}'
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_answers_layout():
 )
 def test_answers_that_cannot_be_written(outputs, message):
     with pytest.raises(ModelServerError) as raised:
-        json_tensor.predict_response(outputs, json_tensor.RequestFormat.ROW)
+        json_answers.predict_response(outputs, predict_request.RequestFormat.ROW)
     assert raised.value.message == message
 
 
@@ -92,12 +92,12 @@ def test_answers_that_cannot_be_written(outputs, message):
 )
 def test_parse_errors_use_rapidjsons_words(body, message):
     with pytest.raises(ModelServerError) as raised:
-        json_tensor.parse_request(body)
+        json_document.parse_request(body)
     assert raised.value.message == message
 
 
 def test_trailing_bytes_after_the_object_are_ignored_as_tf_serving_does():
-    assert json_tensor.parse_request(b'\xef\xbb\xbf{"instances": [1]} and more') == {"instances": [1]}
+    assert json_document.parse_request(b'\xef\xbb\xbf{"instances": [1]} and more') == {"instances": [1]}
 
 
 def infos(**dtypes: int) -> dict[str, meta_graph_pb2.TensorInfo]:
@@ -106,7 +106,7 @@ def infos(**dtypes: int) -> dict[str, meta_graph_pb2.TensorInfo]:
 
 def test_values_take_the_signatures_types():
     document = {"instances": [{"f": [[1, 2.5]], "i": 7, "u": 2**64 - 1, "b": True, "s": "é", "u8": 300}]}
-    _, tensors = json_tensor.predict_inputs(
+    _, tensors = predict_request.predict_inputs(
         document,
         infos(f=types_pb2.DT_FLOAT, i=types_pb2.DT_INT64, u=types_pb2.DT_UINT64, b=types_pb2.DT_BOOL,
               s=types_pb2.DT_STRING, u8=types_pb2.DT_UINT8),
@@ -120,14 +120,14 @@ def test_values_take_the_signatures_types():
 
 def test_columnar_scalars_and_b64():
     document = {"inputs": {"b64": "aGk="}}
-    request_format, tensors = json_tensor.predict_inputs(document, infos(s=types_pb2.DT_STRING), "")
-    assert request_format is json_tensor.RequestFormat.COLUMNAR
+    request_format, tensors = predict_request.predict_inputs(document, infos(s=types_pb2.DT_STRING), "")
+    assert request_format is predict_request.RequestFormat.COLUMNAR
     assert tensors["s"].shape == () and tensors["s"][()] == b"hi"
 
 
 def test_examples_with_context_and_every_feature_kind():
     example = {"f": 1.5, "i": [1, True], "s": {"b64": "AAE="}, "none": []}
-    model_input = json_tensor.examples_input({"context": {"shared": "c"}, "examples": [example]})
+    model_input = examples_request.examples_input({"context": {"shared": "c"}, "examples": [example]})
     with_context = model_input.example_list_with_context
     assert list(with_context.context.features.feature["shared"].bytes_list.value) == [b"c"]
     feature = with_context.examples[0].features.feature
@@ -140,7 +140,7 @@ def test_examples_with_context_and_every_feature_kind():
 def test_deep_nesting_is_a_clear_invalid_argument():
     too_deep = b'{"instances": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}"
     with pytest.raises(ModelServerError, match="The document is nested too deeply"):
-        json_tensor.parse_request(too_deep)
-    document = json_tensor.parse_request(b'{"inputs": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}")
+        json_document.parse_request(too_deep)
+    document = json_document.parse_request(b'{"inputs": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}")
     with pytest.raises(ModelServerError, match="has 65 dimensions; at most 64 are supported"):
-        json_tensor.predict_inputs(document, infos(x=types_pb2.DT_FLOAT), "")
+        predict_request.predict_inputs(document, infos(x=types_pb2.DT_FLOAT), "")

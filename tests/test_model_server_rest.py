@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from serving import stack
 from serving.config.monitoring_config_pb2 import MonitoringConfig
-from serving.model_server.http_server import RestApiServer
-from serving.model_server.rest_api import RestApiHandler
+from serving.model_server.rest.api import RestApiHandler
+from serving.model_server.rest.http_server import RestApiServer
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ class ModelServerCore:
         version_label: str | None = None,
         signature_name: str = "",
         output_filter: Sequence[str] = (),
-        decode: Callable[[RequestValue], np.ndarray] = np.asarray,
+        decode: Callable[[RequestValue], object] = np.asarray,
     ) -> PredictResult:
         """Run a signature of the requested (default: latest) version on `inputs`.
 

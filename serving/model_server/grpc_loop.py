@@ -51,7 +51,7 @@ class LoopGrpcServer:
                 if asyncio.iscoroutine(coroutine):
                     coroutine.close()  # never awaited: say so quietly, not with a warning
                 raise RuntimeError("the gRPC server is closed")
-            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+            future: futures.Future[Result] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
         return future.result(timeout)
 
     def call(self, function: Callable[..., Result], *args: Any) -> Result:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -34,7 +34,7 @@ async def run_predict(
     signature_name: str,
     inputs: Mapping[str, RequestValue],
     output_filter: Sequence[str],
-    decode: Callable[[RequestValue], np.ndarray] = np.asarray,
+    decode: Callable[[RequestValue], object] = np.asarray,
     check_method_name: bool = False,
     executor: Executor | None = None,
 ) -> tuple[str, dict[str, np.ndarray]]:
@@ -57,7 +57,7 @@ def _prepare(
     signature_name: str,
     inputs: Mapping[str, RequestValue],
     output_filter: Sequence[str],
-    decode: Callable[[RequestValue], np.ndarray],
+    decode: Callable[[RequestValue], object],
     check_method_name: bool,
 ) -> _PreparedRun:
     """RunPredict's checks and tensor parsing, in TF Serving's order; what the session run needs."""
@@ -90,10 +90,12 @@ def _verify_inputs_size(signature: meta_graph_pb2.SignatureDef, inputs: Mapping[
 def _input_values(
     signature: meta_graph_pb2.SignatureDef,
     inputs: Mapping[str, RequestValue],
-    decode: Callable[[RequestValue], np.ndarray],
-) -> list[tuple[meta_graph_pb2.TensorInfo, np.ndarray]]:
+    decode: Callable[[Any], object],
+) -> list[tuple[meta_graph_pb2.TensorInfo, Any]]:
     feeds = []
     used: set[str] = set()
+    value: object
+    decoder: Callable[[Any], object]
     for alias in sorted(signature.inputs):
         info = signature.inputs[alias]
         if info.WhichOneof("encoding") != "name":
@@ -143,7 +145,7 @@ def _output_targets(
     return aliases, [signature.outputs[alias].name for alias in aliases]
 
 
-def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, np.ndarray]], bundle: SavedModelBundle) -> None:
+def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, Any]], bundle: SavedModelBundle) -> None:
     """Type first, then shape, as TF does; fail here rather than in a kernel.
 
     The type message is Session::Run's own. TF Serving checks no shapes: a kernel fails,

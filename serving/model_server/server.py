@@ -22,10 +22,10 @@ from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import InvalidArgument, ModelServerError
 from serving.model_server.grpc_loop import LoopGrpcServer
 from serving.model_server.grpc_service import ModelServiceServicer, PredictionServiceServicer
-from serving.model_server.http_server import RestApiServer
 from serving.model_server.manager import ModelManager
 from serving.model_server.options import ServerOptions
-from serving.model_server.rest_api import RestApiHandler
+from serving.model_server.rest.api import RestApiHandler
+from serving.model_server.rest.http_server import RestApiServer
 from serving.protos.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -87,11 +87,11 @@ async def _replay(
             check_method_name,
         )
     elif kind == "classify_log":
-        request = log.classify_log.request
-        await run_classify(bundle, request.model_spec.signature_name, request.input, check_method_name)
+        classify = log.classify_log.request
+        await run_classify(bundle, classify.model_spec.signature_name, classify.input, check_method_name)
     elif kind == "regress_log":
-        request = log.regress_log.request
-        await run_regress(bundle, request.model_spec.signature_name, request.input, check_method_name)
+        regress = log.regress_log.request
+        await run_regress(bundle, regress.model_spec.signature_name, regress.input, check_method_name)
     elif kind == "multi_inference_log":
         await run_multi_inference(bundle, log.multi_inference_log.request, check_method_name)
     elif kind is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -39,22 +40,22 @@ class BatchingOptions:
 
     @classmethod
     def from_parameters(cls, parameters: BatchingParameters, cpu_count: int) -> BatchingOptions:
-        def value(field: str, default: object) -> object:
+        def value(field: str, default: Any) -> Any:
             return getattr(parameters, field).value if parameters.HasField(field) else default
 
-        max_batch_size = int(value("max_batch_size", DEFAULT_MAX_BATCH_SIZE))  # type: ignore[call-overload]
+        max_batch_size = int(value("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
         splitting = bool(value("enable_large_batch_splitting", False))
         options = cls(
-            num_batch_threads=int(value("num_batch_threads", cpu_count)),  # type: ignore[call-overload]
+            num_batch_threads=int(value("num_batch_threads", cpu_count)),
             thread_pool_name=str(value("thread_pool_name", "batch_threads")),
             max_batch_size=max_batch_size,
-            batch_timeout_micros=int(value("batch_timeout_micros", 0)),  # type: ignore[call-overload]
+            batch_timeout_micros=int(value("batch_timeout_micros", 0)),
             max_enqueued_batches=int(
-                value("max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES)  # type: ignore[call-overload]
+                value("max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES)
             ),
             enable_large_batch_splitting=splitting,
             max_execution_batch_size=int(
-                value("max_execution_batch_size", max_batch_size) if splitting else max_batch_size  # type: ignore[call-overload]
+                value("max_execution_batch_size", max_batch_size) if splitting else max_batch_size
             ),
             allowed_batch_sizes=tuple(parameters.allowed_batch_sizes),
             pad_variable_length_inputs=parameters.pad_variable_length_inputs,

@@ -144,8 +144,8 @@ class BatchingSession:
             feeds, rows, execution_size = self._merge_inputs(sorted(key[0]), tasks)
             fetches = sorted(key[1])
             # The batch runs until its last task's deadline, as BatchingSession::ProcessBatch does.
-            deadlines = [task.deadline for task in tasks]
-            seconds = None if None in deadlines else max(deadlines) - time.monotonic()  # type: ignore[type-var]
+            deadlines = [task.deadline for task in tasks if task.deadline is not None]
+            seconds = max(deadlines) - time.monotonic() if len(deadlines) == len(tasks) else None
             with run_timeout(seconds):
                 outputs = self._run_unbatched(feeds, fetches)
             WRAPPED_RUN_COUNT.increment()

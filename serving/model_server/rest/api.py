@@ -2,7 +2,7 @@
 
 HttpRestApiHandler's routing, order of checks and answers (model_servers/
 http_rest_api_handler.cc, http_rest_api_util.cc): status and metadata as protobuf JSON,
-`:predict` / `:classify` / `:regress` through json_tensor.py, errors as `{"error": ...}`
+`:predict` / `:classify` / `:regress` through the JSON modules beside this one, errors as `{"error": ...}`
 with http_server.cc's status for the code. http_server.py puts it on a port; its threads
 parse and write JSON, and hand each model run to the server's event loop.
 """
@@ -19,9 +19,9 @@ from urllib.parse import unquote_to_bytes
 
 from google.protobuf import json_format
 
-from serving.model_server import json_tensor
 from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import InvalidArgument, ModelServerError, http_status
+from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.run_options import run_timeout
 from serving.protos.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
@@ -81,7 +81,7 @@ class RestApiHandler:
             return RestAnswer(200, body_text, target.model_name, target.method)
         except ModelServerError as error:
             name, method = (target.model_name, target.method) if target else ("", "")
-            answer = json_tensor.error_response(error.message)
+            answer = json_answers.error_response(error.message)
             return RestAnswer(http_status(error.code), answer, name, method, error)
 
     def _dispatch(self, http_method: str, path: str, target: _Target, body: bytes) -> str:
@@ -98,32 +98,32 @@ class RestApiHandler:
         raise InvalidArgument(f"Malformed request: {http_method} {path}")
 
     def _predict(self, target: _Target, body: bytes) -> str:
-        document = json_tensor.parse_request(body)
-        signature = json_tensor.signature_name(document)
+        document = json_document.parse_request(body)
+        signature = json_document.signature_name(document)
         tensor_infos = self.core.signature_inputs(target.model_name, signature, **_version(target))
-        request_format, inputs = json_tensor.predict_inputs(document, tensor_infos, signature)
+        request_format, inputs = predict_request.predict_inputs(document, tensor_infos, signature)
         result = self._run(
             self.core.predict(
                 target.model_name, inputs, signature_name=signature, decode=_identity, **_version(target)
             )
         )
-        return json_tensor.predict_response(result.outputs, request_format)
+        return json_answers.predict_response(result.outputs, request_format)
 
     def _classify_or_regress(self, target: _Target, body: bytes, classify: bool) -> str:
-        document = json_tensor.parse_request(body)
-        signature = json_tensor.signature_name(document)
-        model_input = json_tensor.examples_input(document)
+        document = json_document.parse_request(body)
+        signature = json_document.signature_name(document)
+        model_input = examples_request.examples_input(document)
         if classify:
             classified = self._run(
                 self.core.classify(
                     target.model_name, model_input, signature_name=signature, **_version(target)
                 )
             )
-            return json_tensor.classification_response(classified.result)
+            return json_answers.classification_response(classified.result)
         regressed = self._run(
             self.core.regress(target.model_name, model_input, signature_name=signature, **_version(target))
         )
-        return json_tensor.regression_response(regressed.result)
+        return json_answers.regression_response(regressed.result)
 
     def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
         """Run a core coroutine on the server's loop, bounded by --rest_api_timeout_in_ms; wait for it."""
@@ -194,7 +194,7 @@ def _parse_path(http_method: str, path: str) -> _Target:
     return _Target(model_name, version, version_label, "", last or "")
 
 
-def _version(target: _Target) -> dict[str, object]:
+def _version(target: _Target) -> dict[str, Any]:
     if target.version is not None:
         return {"version": target.version}
     if target.version_label is not None:

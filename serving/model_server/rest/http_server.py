@@ -21,9 +21,10 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request
 
 from serving.config.monitoring_config_pb2 import MonitoringConfig
-from serving.model_server import json_tensor, monitoring
+from serving.model_server import monitoring
 from serving.model_server.errors import Internal, InvalidArgument, http_status
-from serving.model_server.rest_api import API_PATH, RestAnswer, RestApiHandler
+from serving.model_server.rest.api import API_PATH, RestAnswer, RestApiHandler
+from serving.model_server.rest.json_answers import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class RestApiServer:
             page, content_type = monitoring.prometheus_page()
             return self._respond(start_response, 200, page, content_type)
         if not API_PATH.fullmatch(raw_path):
-            body = json_tensor.error_response(f"Not found: {method} {raw_path}")
+            body = error_response(f"Not found: {method} {raw_path}")
             return self._respond(start_response, 404, body.encode(), JSON_CONTENT_TYPE)
         if method == "OPTIONS":
             return self._preflight(start_response, request)
@@ -113,8 +114,8 @@ class RestApiServer:
         for observer in self.observers:
             observer(method, raw_path, answer, elapsed)
         logger.debug("REST %s %s -> %d %.1fms", method, raw_path, answer.status, elapsed * 1000)
-        body = answer.body.encode("utf-8", "surrogateescape")
-        return self._respond(start_response, answer.status, body, JSON_CONTENT_TYPE)
+        encoded = answer.body.encode("utf-8", "surrogateescape")
+        return self._respond(start_response, answer.status, encoded, JSON_CONTENT_TYPE)
 
     def _answer(self, method: str, path: str, body: bytes) -> RestAnswer:
         try:
@@ -122,14 +123,14 @@ class RestApiServer:
         except Exception as error:  # a fault of ours: answer 500 in JSON, keep serving
             logger.exception("REST %s %s failed", method, path)
             message = f"{type(error).__name__}: {error}"
-            return RestAnswer(500, json_tensor.error_response(message), error=Internal(message))
+            return RestAnswer(500, error_response(message), error=Internal(message))
 
     def _preflight(self, start_response: StartResponse, request: Request) -> Iterable[bytes]:
         # RestApiRequestDispatcher: an OPTIONS request with an http(s) Origin is fine, else 400.
         if re.search(r"https?://", request.headers.get("Origin", "")):
             return self._respond(start_response, 200, b"", None)
         error = InvalidArgument("Origin header is missing in CORS preflight")
-        body = json_tensor.error_response(error.message).encode()
+        body = error_response(error.message).encode()
         return self._respond(start_response, http_status(error.code), body, JSON_CONTENT_TYPE)
 
     def _respond(
