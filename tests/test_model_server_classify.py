@@ -5,6 +5,7 @@ warmup records of each kind; session deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -302,12 +303,12 @@ def test_signature_method_name_check(start_core):
     model_input = input_pb2.Input()
     model_input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
     with pytest.raises(ModelServerError) as raised:
-        core.classify("half_plus_two", model_input, signature_name="regress_x_to_y")
+        asyncio.run(core.classify("half_plus_two", model_input, signature_name="regress_x_to_y"))
     assert raised.value.message == (
         "Expected classification signature method_name to be tensorflow/serving/classify. "
         "Was: tensorflow/serving/regress"
     )
-    regressed = core.regress("half_plus_two", model_input, signature_name="regress_x_to_y")
+    regressed = asyncio.run(core.regress("half_plus_two", model_input, signature_name="regress_x_to_y"))
     assert regressed.result.regressions[0].value == 3.0
 
 
@@ -340,7 +341,7 @@ def test_deadline_ends_a_session_run(half_plus_two_server):
     core = half_plus_two_server.server.core
     inputs = {"x": tf.make_tensor_proto([[1.0]])}
     with run_timeout(0.2), pytest.raises(ModelServerError) as raised:
-        core.predict("half_plus_two", inputs, signature_name="stuck", decode=tf.make_ndarray)
+        asyncio.run(core.predict("half_plus_two", inputs, signature_name="stuck", decode=tf.make_ndarray))
     assert (raised.value.code, raised.value.message) == (grpc.StatusCode.DEADLINE_EXCEEDED,
                                                           "Timed out waiting for notification")
 

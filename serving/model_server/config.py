@@ -11,9 +11,8 @@ import logging
 import os
 from urllib.parse import urlparse
 
-from google.protobuf import text_format
-
-from serving.model_server.errors import InvalidArgument, NotFound
+from serving.model_server.errors import InvalidArgument
+from serving.model_server.text_proto import parse_text_proto, read_text_proto
 from serving.protos.tensorflow_serving.config import model_server_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -41,26 +40,12 @@ def build_single_model_config(model_name: str, model_base_path: str) -> ModelSer
 
 def parse_model_server_config(text: str, source: str = "<string>") -> ModelServerConfig:
     """Parse text-format ModelServerConfig; InvalidArgument names `source` as TF Serving does."""
-    config = ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        # TF Serving's status names only the file; protobuf logs the detail, as here.
-        logger.error("Error parsing text-format tensorflow.serving.ModelServerConfig: %s", error)
-        raise InvalidArgument(f"Invalid protobuf file: '{source}'") from error
-    return config
+    return parse_text_proto(text, ModelServerConfig(), source)
 
 
 def read_model_server_config(path: str) -> ModelServerConfig:
     """Read `--model_config_file`: NOT_FOUND if unreadable, INVALID_ARGUMENT if malformed."""
-    try:
-        with open(path, encoding="utf-8") as config_file:
-            text = config_file.read()
-    except FileNotFoundError as error:
-        raise NotFound(f"{path}; No such file or directory") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgument(f"Invalid protobuf file: '{path}'") from error
-    return parse_model_server_config(text, path)
+    return read_text_proto(path, ModelServerConfig())
 
 
 def _is_relative_path(uri: str) -> bool:

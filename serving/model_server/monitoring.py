@@ -7,36 +7,17 @@ prometheus_client's default registry, where the model server's metrics live.
 
 from __future__ import annotations
 
-import logging
-
-from google.protobuf import text_format
-
 from serving.config.monitoring_config_pb2 import MonitoringConfig
-from serving.model_server.errors import InvalidArgument, NotFound
-
-logger = logging.getLogger(__name__)
+from serving.model_server.text_proto import read_text_proto
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
 
 def read_monitoring_config(path: str) -> MonitoringConfig:
     """ParseProtoTextFile<MonitoringConfig>(): NOT_FOUND if unreadable, INVALID_ARGUMENT if malformed."""
-    config = MonitoringConfig()
     if not path:
-        return config
-    try:
-        with open(path, encoding="utf-8") as config_file:
-            text = config_file.read()
-    except FileNotFoundError as error:
-        raise NotFound(f"{path}; No such file or directory") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgument(f"Invalid protobuf file: '{path}'") from error
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        logger.error("Error parsing text-format tensorflow.serving.MonitoringConfig: %s", error)
-        raise InvalidArgument(f"Invalid protobuf file: '{path}'") from error
-    return config
+        return MonitoringConfig()
+    return read_text_proto(path, MonitoringConfig(), "tensorflow.serving.MonitoringConfig")
 
 
 def prometheus_path(config: MonitoringConfig) -> str | None:

@@ -7,16 +7,12 @@ bundle_factory_util.cc, which reads the file (and, per model, `batching_params.p
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any
 
-from google.protobuf import text_format
-
 from serving.config.pixelgate_config_pb2 import BatchingParameters
 from serving.model_server.errors import InvalidArgument, NotFound
-
-logger = logging.getLogger(__name__)
+from serving.model_server.text_proto import parse_text_proto
 
 # server.cc names the pool when --enable_batching comes without a parameters file.
 DEFAULT_THREAD_POOL_NAME = "model_server_batch_threads"
@@ -125,11 +121,7 @@ def read_batching_parameters(path: str) -> BatchingParameters:
         raise NotFound(f"{path}; No such file or directory") from error
     except OSError as error:
         raise InvalidArgument(f"{path}; {error.strerror}") from error
-    try:
-        return text_format.Parse(content, BatchingParameters())
-    except text_format.ParseError as error:
-        logger.error("Error parsing text-format pixelgate.serving.BatchingParameters: %s", error)
-        raise InvalidArgument(f"Invalid protobuf file: '{path}'") from error
+    return parse_text_proto(content, BatchingParameters(), path)
 
 
 def read_model_batching_options(version_dir: str, server_options: BatchingOptions) -> BatchingOptions | None:
