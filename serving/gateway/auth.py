@@ -13,7 +13,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from serving.gateway.errors import UnauthorizedError
 
@@ -97,7 +99,7 @@ class TokenAuthenticator:
             )
 
 
-def from_config(config: dict) -> TokenAuthenticator:
+def from_config(config: Mapping[str, Any]) -> TokenAuthenticator:
     return TokenAuthenticator(
         config.get("GATEWAY_TOKENS", ""), os.fspath(config.get("GATEWAY_TOKENS_FILE", ""))
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.gateway.errors import DeadlineExceededError, GatewayError
+from serving.gateway.errors import DeadlineExceededError
 from serving.gateway.model_server_client import Answer, ModelServerClient, PredictCall
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,11 @@ class CallPlanner:
             for future in pending:
                 future.cancel()  # the request has failed: the other parts need not run
             raise
-        if not all(_one_row_per_image(answer, len(part.images)) for answer, part in zip(answers, parts, strict=True)):
+        pairs = zip(answers, parts, strict=True)
+        if not all(_one_row_per_image(answer, len(part.images)) for answer, part in pairs):
             return self.client.send(call, deadline)
-        outputs = {key: np.concatenate([answer.outputs[key] for answer in answers]) for key in answers[0].outputs}
+        outputs = {key: np.concatenate([answer.outputs[key] for answer in answers])
+                   for key in answers[0].outputs}
         return Answer(answers[0].version, outputs)
 
     def _send_shared(self, call: PredictCall, deadline: float) -> Answer:
@@ -109,7 +111,8 @@ class CallPlanner:
         if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
             # Still queued (a full pipeline) or its call is slow: the request gives up, as a
             # call with this deadline would; a call it is part of still answers the others.
-            raise DeadlineExceededError(f"model server did not answer in time: no answer within {seconds:.3g} s")
+            raise DeadlineExceededError(
+                f"model server did not answer in time: no answer within {seconds:.3g} s")
         if waiter.send_alone:
             return self.client.send(call, deadline)
         if waiter.error is not None:
@@ -121,7 +124,7 @@ class CallPlanner:
         """Under the lock: the next batch, if a call may start now (requests past their deadline dropped)."""
         if lane.in_flight >= self.max_in_flight:
             return []
-        now, batch, images = time.monotonic(), [], 0
+        now, batch, images = time.monotonic(), list[_Waiter](), 0
         while lane.pending:
             waiter = lane.pending[0]
             if waiter.deadline <= now:

@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ class ModelCatalog:
     version is "latest" (or carries a label) is re-asked after `ttl` seconds.
     """
 
-    def __init__(self, client: ModelServerClient, base_path: str | Path, names: Sequence[str] = (), ttl: float = 2.0):
+    def __init__(self, client: ModelServerClient, base_path: str | Path, names: Sequence[str] = (),
+                 ttl: float = 2.0):
         self.client = client
         self.base_path = Path(base_path)
         self.configured_names = tuple(names)
@@ -80,7 +81,8 @@ class ModelCatalog:
         # The name must be one the gateway serves before it is used anywhere, a path above all.
         if not MODEL_NAME_PATTERN.fullmatch(name) or name not in self.model_names():
             shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
-            raise ModelNotFoundError(f"unknown model {shown}; available: {', '.join(self.model_names()) or 'none'}")
+            available = ", ".join(self.model_names()) or "none"
+            raise ModelNotFoundError(f"unknown model {shown}; available: {available}")
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ModelInfo:
         """The ModelInfo of the version a request for (name, version | label | latest) goes to."""
@@ -116,23 +118,28 @@ class ModelCatalog:
         output_key = _single_key(signature.outputs, spec_values.get("output_key"), "output", name)
         dims = [d.size for d in signature.inputs[input_key].tensor_shape.dim]
         if len(dims) != 4:
-            raise ModelNotFoundError(f"model '{name}' takes input of rank {len(dims)}, not an image batch [N,H,W,C]")
+            raise ModelNotFoundError(
+                f"model '{name}' takes input of rank {len(dims)}, not an image batch [N,H,W,C]")
         try:
-            spec = PreprocessingSpec.from_mapping(spec_values, height=dims[1], width=dims[2], channels=dims[3])
+            spec = PreprocessingSpec.from_mapping(spec_values, height=dims[1], width=dims[2],
+                                                  channels=dims[3])
         except (TypeError, ValueError) as error:
             raise ModelMisconfiguredError(
-                f"model '{name}' version {version}: assets/preprocessing.json cannot be used: {error}") from None
+                f"model '{name}' version {version}: assets/preprocessing.json cannot be used: {error}"
+            ) from None
         output_dims = [d.size for d in signature.outputs[output_key].tensor_shape.dim]
         class_count = max(output_dims[-1], 0) if output_dims else 0  # -1: unknown until it answers
         classes = _read_labels(assets / "labels.txt") or tuple(str(i) for i in range(class_count))
         evaluation = _read_json(self.base_path / name / str(version) / "assets.extra" / "evaluation.json")
-        accuracy = evaluation.get("test_accuracy") if isinstance(evaluation, dict) else None
-        valid = isinstance(accuracy, int | float) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1
-        accuracy = float(accuracy) if valid else None
+        figure = evaluation.get("test_accuracy") if isinstance(evaluation, dict) else None
+        accuracy = None
+        if isinstance(figure, int | float) and not isinstance(figure, bool) and 0 <= figure <= 1:
+            accuracy = float(figure)
         return ModelInfo(name, version, input_key, output_key, spec, classes, accuracy)
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> Any:
+    """The file's JSON value; {} when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -147,10 +154,14 @@ def _read_labels(path: Path) -> tuple[str, ...]:
         return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     except OSError:
         return ()
-def _single_key(tensors, preferred: str | None, what: str, name: str) -> str:
+
+
+def _single_key(tensors: Mapping[str, Any], preferred: object, what: str, name: str) -> str:
     if isinstance(preferred, str) and preferred in tensors:
         return preferred
     if len(tensors) == 1:
-        return next(iter(tensors))
-    raise ModelNotFoundError(f"model '{name}' has {len(tensors)} {what}s ({sorted(tensors)}); cannot tell which to use")
+        only: str = next(iter(tensors))
+        return only
+    raise ModelNotFoundError(
+        f"model '{name}' has {len(tensors)} {what}s ({sorted(tensors)}); cannot tell which to use")
 

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     # The gunicorn process (serving/gunicorn.conf.py and serving/gateway/http_worker.py):
     "GATEWAY_HOST": "0.0.0.0",
     "GATEWAY_PORT": 8000,
-    "GATEWAY_WORKERS": len(os.sched_getaffinity(0)),  # one per core the gateway may use: decoding holds the GIL
+    "GATEWAY_WORKERS": len(os.sched_getaffinity(0)),  # one per core it may use: decoding holds the GIL
     "GATEWAY_THREADS": 16,  # per worker; most of a request's time is the wait on the model server
     "GATEWAY_REUSE_PORT": True,  # a SO_REUSEPORT socket per worker; false: one socket shared by all
     "GATEWAY_WORKER_TIMEOUT": 30,

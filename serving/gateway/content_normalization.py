@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -28,7 +29,7 @@ class Framing:
     inverted: bool = False
     content_box: tuple[int, int, int, int] | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "passed_through": self.passed_through,
             "inverted": self.inverted,
@@ -52,7 +53,8 @@ class Backdrop:
 
     def content_contrast(self, gray: np.ndarray) -> np.ndarray:
         """How far each pixel stands out from the background towards the content's side."""
-        return self.level - gray if self.light else gray - self.level
+        contrast: np.ndarray = self.level - gray if self.light else gray - self.level
+        return contrast
 
 
 def luminance(pixels: np.ndarray) -> np.ndarray:
@@ -161,8 +163,10 @@ def subtract_background(pixels: np.ndarray, backdrop: Backdrop) -> np.ndarray:
     becomes Fashion-MNIST's black and a dark garment a bright one, as its negation made them."""
     level = backdrop.level if pixels.ndim == 2 else backdrop.level[:, :, np.newaxis]
     if backdrop.light:
-        return np.clip((level - pixels) * (255.0 / np.maximum(level, 1.0)), 0.0, 255.0)
-    return np.clip((pixels - level) * (255.0 / np.maximum(255.0 - level, 1.0)), 0.0, 255.0)
+        content: np.ndarray = np.clip((level - pixels) * (255.0 / np.maximum(level, 1.0)), 0.0, 255.0)
+    else:
+        content = np.clip((pixels - level) * (255.0 / np.maximum(255.0 - level, 1.0)), 0.0, 255.0)
+    return content
 
 
 def content_box(contrast: np.ndarray, threshold: float) -> tuple[int, int, int, int] | None:

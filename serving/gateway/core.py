@@ -19,7 +19,12 @@ from serving.gateway import metrics
 from serving.gateway.call_planner import CallPlanner
 from serving.gateway.catalog import ModelCatalog, ModelInfo
 from serving.gateway.content_normalization import Framing
-from serving.gateway.errors import GatewayError, InvalidImageError, ModelMisconfiguredError, ModelNotFoundError
+from serving.gateway.errors import (
+    GatewayError,
+    InvalidImageError,
+    ModelMisconfiguredError,
+    ModelNotFoundError,
+)
 from serving.gateway.limits import ImageLimits, check_image_sizes
 from serving.gateway.model_server_client import Answer, ModelServerClient, PredictCall
 from serving.gateway.preprocess import model_input_png, preprocess_images_explained
@@ -86,8 +91,8 @@ class Gateway:
         probabilities = answer.outputs[info.output_key]
         if len(images) > 1 and (probabilities.ndim == 0 or len(probabilities) != len(images)):
             raise ModelMisconfiguredError(
-                f"model '{name}' answered output '{info.output_key}' of shape {list(probabilities.shape)} for "
-                f"{len(images)} image(s); the gateway needs one row per image")
+                f"model '{name}' answered output '{info.output_key}' of shape {list(probabilities.shape)} "
+                f"for {len(images)} image(s); the gateway needs one row per image")
         predictions = top_predictions(probabilities.reshape(len(images), -1), info.classes, options.top_k)
         if options.debug:
             # What the model saw, so a user can tell a bad crop or a wrong inversion from a bad model.
@@ -124,7 +129,8 @@ class Gateway:
         self.catalog.check_name(name)
         versions = self.client.status(name)
         body: dict[str, Any] = {
-            "name": name, "versions": [{"version": v.version, "state": v.state, "error": v.error} for v in versions]
+            "name": name,
+            "versions": [{"version": v.version, "state": v.state, "error": v.error} for v in versions],
         }
         if any(v.state == "AVAILABLE" for v in versions):
             body.update(describe(self.catalog.resolve(name)))
@@ -138,7 +144,8 @@ class Gateway:
         def state(name: str) -> str:
             try:
                 states = {v.state for v in self.client.status(name, timeout)}
-                answer = "AVAILABLE" if "AVAILABLE" in states else (", ".join(sorted(states)) or "NO_VERSIONS")
+                others = ", ".join(sorted(states)) or "NO_VERSIONS"
+                answer = "AVAILABLE" if "AVAILABLE" in states else others
                 if answer == "AVAILABLE":
                     self.catalog.resolve(name)  # served, but can the gateway feed it? (cached once it can)
                 return answer
@@ -166,7 +173,7 @@ def describe(info: ModelInfo) -> dict[str, Any]:
         "version": info.version,
         "input": {"key": info.input_key, "shape": [info.spec.height, info.spec.width, info.spec.channels]},
         "classes": list(info.classes),
-        "test_accuracy": info.test_accuracy,  # from the version's assets.extra/evaluation.json; null if absent
+        "test_accuracy": info.test_accuracy,  # the version's assets.extra/evaluation.json; null if absent
     }
 
 
@@ -176,9 +183,7 @@ def top_predictions(probabilities: np.ndarray, classes: tuple[str, ...], top_k: 
     k = min(top_k, probabilities.shape[-1])
     for row in probabilities:
         order = np.argsort(-row, kind="stable")[:k]
-        ranked = [
-            {"label": classes[i] if i < len(classes) else str(i), "class_index": int(i), "probability": float(row[i])}
-            for i in order
-        ]
+        ranked = [{"label": classes[i] if i < len(classes) else str(i), "class_index": int(i),
+                   "probability": float(row[i])} for i in order]
         answers.append({**ranked[0], "top_k": ranked})
     return answers

@@ -78,7 +78,8 @@ def from_grpc_error(error: grpc.RpcError) -> GatewayError:
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     error_class = _ERROR_BY_GRPC_CODE.get(code, ModelServerUnavailableError)
     if error_class is ModelServerUnavailableError and code not in _ERROR_BY_GRPC_CODE:
-        return ModelServerUnavailableError(f"model server error ({code.name}): {details}", code="model_server_error")
+        return ModelServerUnavailableError(f"model server error ({code.name}): {details}",
+                                           code="model_server_error")
     if error_class is ModelServerUnavailableError:
         return ModelServerUnavailableError(f"model server unavailable: {details}")
     if error_class is DeadlineExceededError:

@@ -127,7 +127,7 @@ class GatewayThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        app: WsgiApp = self.wsgi
+        app: WsgiApp = self.wsgi  # type: ignore[has-type]
         timeout: float = self.body_timeout
 
         def served(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

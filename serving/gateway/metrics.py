@@ -52,7 +52,8 @@ MODEL_SERVER_BATCH_IMAGES = Histogram(
 )
 MODEL_SERVER_ERRORS = Counter(
     "pixelgate_model_server_errors_total",
-    "Model-server calls that failed, by gRPC code (a shared Predict call once, whatever number of requests it carried)",
+    "Model-server calls that failed, by gRPC code (a shared Predict call once, whatever number of "
+    "requests it carried)",
     ["method", "code"],
 )
 
@@ -60,6 +61,6 @@ MODEL_SERVER_ERRORS = Counter(
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

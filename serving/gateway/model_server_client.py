@@ -39,6 +39,9 @@ _UNKNOWN_LABEL = "Unrecognized servable version label"
 # A shared call's x-request-id carries its requests' IDs up to this length: each may be 128
 # characters, gRPC refuses a call whose metadata passes 8 KiB, and other clients choose these IDs.
 _MAX_REQUEST_IDS_LENGTH = 1024
+# The generated gRPC stubs are untyped.
+_PREDICTION_STUB: Any = prediction_service_pb2_grpc.PredictionServiceStub
+_MODEL_STUB: Any = model_service_pb2_grpc.ModelServiceStub
 _CANCELLED = "model server unavailable: the call was cancelled"
 
 
@@ -74,8 +77,8 @@ class ModelServerClient:
         self.target = target
         self.timeout = timeout  # of metadata and status calls without one of their own
         self.channel = create_channel(target, tls)
-        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self._prediction = _PREDICTION_STUB(self.channel)
+        self._models = _MODEL_STUB(self.channel)
 
     def close(self) -> None:
         self.channel.close()

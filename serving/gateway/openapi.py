@@ -10,6 +10,7 @@ import functools
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response
 
@@ -18,8 +19,9 @@ blueprint = Blueprint("openapi", __name__)
 
 
 @functools.cache
-def document() -> dict:
-    return json.loads(DOCUMENT_PATH.read_text())
+def document() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DOCUMENT_PATH.read_text())
+    return loaded
 
 
 @blueprint.get("/openapi.json")
@@ -34,17 +36,17 @@ def docs() -> Response:
     return response
 
 
-def _schema_text(schema: dict) -> str:
+def _schema_text(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
-    text = schema.get("type", "object")
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    text = str(schema.get("type", "object"))
     if schema.get("type") == "array" and "items" in schema:
         text = f"array of {_schema_text(schema['items'])}"
     limits = [f"{key} {schema[key]}" for key in ("minimum", "maximum", "pattern", "default") if key in schema]
     return text + (f" ({', '.join(limits)})" if limits else "")
 
 
-def _operation(path: str, method: str, operation: dict, responses: dict) -> str:
+def _operation(path: str, method: str, operation: dict[str, Any], responses: dict[str, Any]) -> str:
     escape = html.escape
     parts = [
         f"<h3><code>{method.upper()} {escape(path)}</code></h3>",
@@ -73,7 +75,7 @@ def _operation(path: str, method: str, operation: dict, responses: dict) -> str:
     return "\n".join(parts)
 
 
-def render_page(spec: dict) -> str:
+def render_page(spec: dict[str, Any]) -> str:
     info = spec.get("info", {})
     responses = spec.get("components", {}).get("responses", {})
     sections = [

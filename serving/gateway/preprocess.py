@@ -242,7 +242,8 @@ def _to_array(image: Image.Image, spec: PreprocessingSpec, out: np.ndarray | Non
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
-    return np.divide(pixels, np.float32(spec.scale), out=out, dtype=np.float32)
+    scaled: np.ndarray = np.divide(pixels, np.float32(spec.scale), out=out, dtype=np.float32)
+    return scaled
 
 
 def preprocess_images_explained(

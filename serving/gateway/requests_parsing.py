@@ -7,8 +7,9 @@ import binascii
 import io
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from flask import Request
 from werkzeug.formparser import FormDataParser
@@ -86,7 +87,7 @@ def _debug(value: str | None) -> bool:
                                   code="invalid_debug") from None
 
 
-def _positive_int(value: str | None, name: str, default):
+def _positive_int(value: str | None, name: str, default: int | None) -> Any:
     if value is None or value == "":
         return default
     if not _DIGITS.fullmatch(value) or int(value) < 1:
@@ -96,7 +97,7 @@ def _positive_int(value: str | None, name: str, default):
     return int(value)
 
 
-def has_chunked_body(environ) -> bool:
+def has_chunked_body(environ: Mapping[str, Any]) -> bool:
     """A body sent in chunks, without Content-Length (gunicorn sets `wsgi.input_terminated` always)."""
     return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
