@@ -27,19 +27,11 @@ from serving.protos.tensorflow_serving.apis import get_model_status_pb2, model_s
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # The environment `make serve` (and `make bench`, and docker's CPU TF Serving) gives the model
-# server; not the embedded server's own default, as it is not TF Serving's. Two TensorFlow
-# switches, read once, so they must be in the environment before TensorFlow is imported:
-# - TF_ENABLE_ONEDNN_OPTS=1: TensorFlow turns its oneDNN kernels on by itself only on CPUs with
-#   AVX-512 VNNI or BF16, AVX-VNNI or AMX; on one without (an AVX2-only AMD EPYC), Eigen's cost
-#   `cifar10` a fifth more CPU per image in-process and 5-15 % more per request in the model
-#   server (docs/benchmarks.md). Where oneDNN is on already it changes nothing.
-# - TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN's convolutions and fused Dense layers reorder their
-#   weights into its blocked layout on every session run unless told the weights never change;
-#   told, each kernel keeps the copy it made on its first run and never looks at the weights
-#   again. pixelgate's own exports (Keras models, weights in variables no signature assigns)
-#   qualify, and in the small batches the gateway sends `cifar10` then costs about a tenth less
-#   CPU per image. A model that feeds its filters as an input, computes them or assigns them
-#   would get answers computed with stale weights: such a model needs it set to 0.
+# server, set before TensorFlow is imported (it reads them once); see docs/benchmarks.md:
+# - TF_ENABLE_ONEDNN_OPTS=1: oneDNN's kernels also on CPUs where TensorFlow leaves them off.
+# - TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN keeps its reordered copy of the weights instead of
+#   making it on every run. A model that feeds, computes or assigns its weights would get answers
+#   from stale weights: such a model needs it set to 0.
 MODEL_SERVER_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 
 
@@ -55,7 +47,8 @@ def free_port() -> int:
 
 
 def start_model_server(port: int, config_file: str | Path, *extra_flags: str, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "serving.model_server", f"--port={port}", f"--model_config_file={config_file}",
+    command = [sys.executable, "-m", "serving.model_server", f"--port={port}",
+               f"--model_config_file={config_file}",
                *extra_flags]
     return subprocess.Popen(command, cwd=popen.pop("cwd", ROOT), **popen)
 
@@ -136,8 +129,7 @@ def batching_flags(parameters_file: Path) -> list[str]:
         GRPC_THREADS_FLAG,
         # One core per batch, and one batch thread per core (the parameters file leaves
         # num_batch_threads to its default, the core count): batches run side by side instead of
-        # each spreading small ops over every core. On 2 cores this cut the model server's CPU per
-        # image by a fifth to a quarter and raised the gateway's throughput (docs/benchmarks.md).
+        # each spreading small ops over every core (docs/benchmarks.md).
         "--tensorflow_intra_op_parallelism=1",
     ]
 
@@ -194,7 +186,8 @@ def warn_about_other_base_paths(config, models_dir: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Run the model server (gRPC) and the gateway (HTTP) together.")
+    parser = argparse.ArgumentParser(
+        description="Run the model server (gRPC) and the gateway (HTTP) together.")
     # Without one, serving/config/models.config's models, loaded from --models-dir.
     parser.add_argument("--model-config-file", default=os.environ.get("MODEL_CONFIG_FILE"))
     parser.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
@@ -207,7 +200,8 @@ def main() -> int:
         "BATCHING_PARAMETERS_FILE", "serving/config/batching_parameters.txt"))
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(message)s")
 
     models_dir = Path(args.models_dir)
     if args.model_config_file:
@@ -221,7 +215,8 @@ def main() -> int:
     flags = [f"--rest_api_port={args.rest_port}"]
     if args.batching_parameters_file:
         flags += batching_flags(Path(args.batching_parameters_file))
-    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags, env=model_server_environment())
+    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags,
+                                      env=model_server_environment())
     gateway = None
     stopping = False
 
@@ -240,7 +235,8 @@ def main() -> int:
                                 host=args.host, env={"MODELS": os.environ.get("MODELS") or ",".join(names)})
         ready = wait_for_http(f"http://127.0.0.1:{args.http_port}/readyz", gateway)
         url = f"http://localhost:{args.http_port}"
-        rest = f"  model server (REST, TF Serving API): http://localhost:{args.rest_port}\n" if args.rest_port else ""
+        rest = (f"  model server (REST, TF Serving API): http://localhost:{args.rest_port}\n"
+                if args.rest_port else "")
         print(f"\npixelgate is ready: models {ready['models']}\n"
               f"  model server (gRPC, TF Serving API): localhost:{args.grpc_port}\n"
               f"{rest}"
