@@ -29,9 +29,9 @@ from serving.model_server.batching import (
 from serving.model_server.batching.scheduler import LoopEvent
 from serving.model_server.errors import InvalidArgument, ModelServerError
 from serving.model_server.run_options import current_deadline, run_timeout
-from tests.model_fixtures.keras_classifier import export_test_model, random_images, write_warmup_requests
 from serving.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.tensors import make_ndarray, make_tensor_proto
+from tests.model_fixtures.keras_classifier import export_test_model, random_images, write_warmup_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = ":tensorflow:serving:batching_session:processed_batch_size"

@@ -24,8 +24,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import stack
-from serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from serving.model_server import ServerOptions, build_single_model_config, create_server
+from serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tests.model_fixtures.keras_classifier import export_test_model, random_images
 
 ROOT = Path(__file__).resolve().parent.parent

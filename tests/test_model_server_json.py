@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.errors import ModelServerError
+from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.rest.json_writer import debug_string, decimal
 from serving.protos.tensorflow.core.framework import types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2

@@ -189,7 +189,8 @@ def test_version_labels_must_name_available_versions(base_path, exported, start_
         allow_version_labels_for_unavailable_models=True,
     )
     core = ModelServerCore(start_manager(labelled, allowing))
-    assert asyncio.run(core.predict("model", {"images": random_images(1)}, version_label="stable")).version == 1
+    result = asyncio.run(core.predict("model", {"images": random_images(1)}, version_label="stable"))
+    assert result.version == 1
     manager = start_manager(config_with_policy(base_path, "all {}"))
     manager.reload_config(labelled)
     core = ModelServerCore(manager)

@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,11 @@ from serving.model_server.rest.http_server import RestApiServer
 @pytest.fixture(scope="module")
 def rest(half_plus_two_server) -> str:
     return half_plus_two_server.rest
+
+
+def rest_handler(served, timeout_in_ms: int = 0) -> RestApiHandler:
+    """A second handler over the running server's core, submitting to its event loop."""
+    return RestApiHandler(served.server.core, served.server.grpc_server.loop, timeout_in_ms)
 
 
 def post(url: str, body: object) -> requests.Response:
@@ -256,7 +262,7 @@ _SIGNATURES = st.sampled_from(
     verb=st.sampled_from(["predict", "classify", "regress"]),
 )
 def test_no_request_body_gets_a_server_error(half_plus_two_server, signature, key, value, verb):
-    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop, timeout_in_ms=5000)
+    handler = rest_handler(half_plus_two_server, timeout_in_ms=5000)
     body = json.dumps({"signature_name": signature, key: value}).encode()
     answer = handler.handle("POST", f"/v1/models/half_plus_two:{verb}", body)
     assert answer.status in (200, 400, 404, 501), (body, answer.body)
@@ -278,7 +284,7 @@ def test_concurrent_requests_each_get_their_own_answer(rest):
 
 
 def test_requests_beyond_the_thread_limit_wait_their_turn(half_plus_two_server):
-    server = RestApiServer(RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop), "127.0.0.1:0", num_threads=1)
+    server = RestApiServer(rest_handler(half_plus_two_server), "127.0.0.1:0", num_threads=1)
     server.start()
     try:
         url = f"http://127.0.0.1:{server.port}/v1/models/half_plus_two:predict"
@@ -290,7 +296,7 @@ def test_requests_beyond_the_thread_limit_wait_their_turn(half_plus_two_server):
 
 
 def test_session_runs_past_rest_api_timeout_answer_504(half_plus_two_server):
-    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop, timeout_in_ms=200)
+    handler = rest_handler(half_plus_two_server, timeout_in_ms=200)
     started = time.monotonic()
     body = b'{"signature_name": "stuck", "instances": [[1.0]]}'
     answer = handler.handle("POST", "/v1/models/half_plus_two:predict", body)
@@ -302,7 +308,7 @@ def test_session_runs_past_rest_api_timeout_answer_504(half_plus_two_server):
 
 
 def test_cors_headers_and_preflight(half_plus_two_server):
-    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop)
+    handler = rest_handler(half_plus_two_server)
     server = RestApiServer(handler, "127.0.0.1:0", 2, enable_cors=True)
     server.start()
     try:
@@ -328,7 +334,7 @@ def test_prometheus_page_where_the_monitoring_config_puts_it(half_plus_two_serve
     config = MonitoringConfig()
     config.prometheus_config.enable = True
     config.prometheus_config.path = "/custom/metrics"
-    handler = RestApiHandler(half_plus_two_server.server.core, half_plus_two_server.server.grpc_server.loop)
+    handler = rest_handler(half_plus_two_server)
     server = RestApiServer(handler, "127.0.0.1:0", 2, monitoring_config=config)
     server.start()
     try:

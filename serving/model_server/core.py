@@ -16,11 +16,14 @@ import numpy as np
 from serving.model_server import inference
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.errors import InvalidArgument, NotFound
-from serving.model_server.manager import ModelManager, VersionStatus
+from serving.model_server.manager import ModelManager
+from serving.model_server.multi_inference import run_multi_inference
 from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
     classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
     inference_pb2,
     input_pb2,
     model_pb2,
@@ -57,6 +60,13 @@ class ModelMetadata:
     model_name: str
     version: int
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+
+    def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
+        """The `signature_def` metadata field as both APIs send it."""
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in self.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        return signature_map
 
 
 class ModelServerCore:
@@ -141,7 +151,7 @@ class ModelServerCore:
             spec.version_label if choice == "version_label" else None,
         ) as bundle:
             check = self.manager.options.enable_signature_method_name_check
-            return await inference.run_multi_inference(bundle, request, check, self.executor)
+            return await run_multi_inference(bundle, request, check, self.executor)
 
     def signature_inputs(
         self,
@@ -177,16 +187,25 @@ class ModelServerCore:
         with self.manager.servable(model_name, version, version_label) as bundle:
             return ModelMetadata(bundle.model_name, bundle.version, dict(bundle.signature_defs))
 
-    def get_model_status(self, model_name: str, version: int | None = None) -> dict[int, VersionStatus]:
+    def get_model_status(
+        self, model_name: str, version: int | None = None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         """State of one version, or of every version the server has known, newest first."""
         states = self.manager.version_states(model_name)
         if version is not None:
             if version not in states:
                 raise NotFound(f"Could not find version {version} of model {model_name}")
-            return {version: states[version]}
-        if not states:
+            states = {version: states[version]}
+        elif not states:
             raise NotFound(f"Could not find any versions of model {model_name}")
-        return states
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in states.items():
+            entry = response.model_version_status.add(version=number, state=int(status.state))
+            entry.status.SetInParent()  # TF Serving always sets it, OK included
+            if status.error is not None:
+                entry.status.error_code = status.error.code.value[0]
+                entry.status.error_message = status.error.message
+        return response
 
     def reload_config(self, config: ModelServerConfig) -> None:
         """Serve what `config` lists from now on; returns once new models are available."""

@@ -182,10 +182,7 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = metadata.model_name
         response.model_spec.version.value = metadata.version
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in metadata.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature)
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(metadata.signature_def_map())
         return response
 
     @_handle_errors
@@ -236,15 +233,7 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> get_model_status_pb2.GetModelStatusResponse:
         _require_model_spec(request)
         version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        states = self._core.get_model_status(request.model_spec.name, version)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in states.items():
-            entry = response.model_version_status.add(version=number, state=int(status.state))
-            entry.status.SetInParent()  # TF Serving always sets it, OK included
-            if status.error is not None:
-                entry.status.error_code = status.error.code.value[0]
-                entry.status.error_message = status.error.message
-        return response
+        return self._core.get_model_status(request.model_spec.name, version)
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext

@@ -1,9 +1,10 @@
-"""Classify, Regress and MultiInference against one loaded version, as TF Serving runs them.
+"""Classify and Regress against one loaded version, as TF Serving runs them (multi_inference.py
+combines them).
 
 tf.Example inputs are serialized into one DT_STRING [N] tensor (util.cc's
 InputToSerializedExampleTensor: context bytes + example bytes, which protobuf merges),
 fed to the signature's `inputs`, and the outputs checked and shaped into results
-(classifier.cc, regressor.cc, multi_inference.cc), check for check and message for message.
+(classifier.cc, regressor.cc), check for check and message for message.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from google.protobuf import text_format
 
 from serving.model_server import metrics
 from serving.model_server.bundle import SavedModelBundle
-from serving.model_server.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from serving.model_server.errors import FailedPrecondition, InvalidArgument
 from serving.model_server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
 from serving.model_server.tensor_encoding import data_type
 from serving.protos.tensorflow.core.framework import types_pb2
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
     classification_pb2,
-    inference_pb2,
     input_pb2,
     model_pb2,
     regression_pb2,
@@ -70,10 +70,7 @@ def classification_signature(
     bundle: SavedModelBundle, signature_name: str, check_method_name: bool
 ) -> meta_graph_pb2.SignatureDef:
     """GetClassificationSignatureDef(): the named (default: serving_default) signature, checked."""
-    name = signature_name or DEFAULT_SIGNATURE
-    signature = bundle.signature_defs.get(name)
-    if signature is None:
-        raise InvalidArgument(f"No signature was found with the name: {name}")
+    signature = _signature(bundle, signature_name)
     if check_method_name:
         _check_method_name(signature, CLASSIFY_METHOD, "classification")
     else:
@@ -176,10 +173,7 @@ def regression_signature(
     bundle: SavedModelBundle, signature_name: str, check_method_name: bool
 ) -> meta_graph_pb2.SignatureDef:
     """GetRegressionSignatureDef(): the named (default: serving_default) signature, checked."""
-    name = signature_name or DEFAULT_SIGNATURE
-    signature = bundle.signature_defs.get(name)
-    if signature is None:
-        raise InvalidArgument(f"No signature was found with the name: {name}")
+    signature = _signature(bundle, signature_name)
     if check_method_name:
         _check_method_name(signature, REGRESS_METHOD, "regression")
     else:
@@ -255,69 +249,20 @@ async def run_regress(
     return regression_result(signature, len(examples), output_names, outputs)
 
 
-# MultiInference ------------------------------------------------------------------------
-
-
-async def run_multi_inference(
-    bundle: SavedModelBundle,
-    request: inference_pb2.MultiInferenceRequest,
-    check_method_name: bool = False,
-    executor: Executor | None = None,
-) -> inference_pb2.MultiInferenceResponse:
-    """TensorFlowMultiInferenceRunner::Infer(): several classify/regress tasks, one session run."""
-    model_name = ""
-    signature_names: set[str] = set()
-    input_names: set[str] = set()
-    output_names: set[str] = set()
-    for task in request.tasks:
-        if not task.model_spec.name:
-            raise InvalidArgument("Found ModelSpec with an empty model name.")
-        if not model_name:
-            model_name = task.model_spec.name
-        elif model_name != task.model_spec.name:
-            raise InvalidArgument(
-                "All ModelSpecs in a MultiInferenceRequest must access the same model name."
-            )
-        signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
-        if signature_name in signature_names:
-            raise InvalidArgument(f"Duplicate evaluation of signature: {signature_name}")
-        signature_names.add(signature_name)
-        signature = bundle.signature_defs.get(signature_name)
-        if signature is None:
-            raise InvalidArgument(f"Requested signature not found in model graph: {signature_name}")
-        if task.method_name == CLASSIFY_METHOD:
-            input_name, names = classification_tensor_names(signature, check_method_name)
-        elif task.method_name == REGRESS_METHOD:
-            input_name, names = regression_tensor_names(signature, check_method_name)
-        else:
-            raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        input_names.add(input_name)
-        output_names.update(names)
-
-    fetches = sorted(output_names)  # std::set order, as the C++ builds its fetch list
-    examples = serialized_examples(request.input)
-    outputs = await bundle.run([(name, examples) for name in sorted(input_names)], fetches, executor)
-
-    response = inference_pb2.MultiInferenceResponse()
-    for task in request.tasks:
-        signature = bundle.signature_defs[task.model_spec.signature_name or DEFAULT_SIGNATURE]
-        result = response.results.add()
-        if task.method_name == CLASSIFY_METHOD:
-            classified = classification_result(signature, len(examples), fetches, outputs)
-            result.classification_result.CopyFrom(classified)
-        else:
-            result.regression_result.CopyFrom(regression_result(signature, len(examples), fetches, outputs))
-        spec = task.model_spec
-        result.model_spec.CopyFrom(model_spec(spec.name, spec.signature_name, bundle.version))
-    return response
-
-
 # Helpers -------------------------------------------------------------------------------
 
 
 def _data_type_name(array: np.ndarray) -> str:
     """DataType_Name(): DT_FLOAT, DT_STRING..."""
     return types_pb2.DataType.Name(data_type(array))
+
+
+def _signature(bundle: SavedModelBundle, signature_name: str) -> meta_graph_pb2.SignatureDef:
+    name = signature_name or DEFAULT_SIGNATURE
+    signature = bundle.signature_defs.get(name)
+    if signature is None:
+        raise InvalidArgument(f"No signature was found with the name: {name}")
+    return signature
 
 
 def _check_method_name(signature: meta_graph_pb2.SignatureDef, method: str, kind: str) -> None:

@@ -13,18 +13,10 @@ import dataclasses
 import enum
 import gc
 import logging
-import os
 import threading
 from collections.abc import Iterator
 
-from serving.model_server.batching import (
-    BatchingOptions,
-    BatchingSession,
-    BatchScheduler,
-    read_batching_options,
-    read_model_batching_options,
-)
-from serving.model_server.bundle import SavedModelBundle, load_saved_model, servable_id, session_config
+from serving.model_server.bundle import SavedModelBundle, servable_id
 from serving.model_server.config import ModelServerConfig, validate_model_server_config
 from serving.model_server.errors import (
     FailedPrecondition,
@@ -33,9 +25,9 @@ from serving.model_server.errors import (
     NotFound,
     Unavailable,
 )
+from serving.model_server.loader import VersionLoader
 from serving.model_server.options import ServerOptions
 from serving.model_server.version_policy import aspired_versions
-from serving.model_server.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +53,7 @@ class ModelManager:
 
     def __init__(self, options: ServerOptions | None = None) -> None:
         self.options = options or ServerOptions()
-        self._session_config = session_config(
-            *self.options.intra_and_inter_op_threads, self.options.tensorflow_session_config_file
-        )
-        # One scheduler for every version, as TF Serving's SavedModelBundleFactory holds one.
-        self._batch_scheduler: BatchScheduler | None = None
-        if self.options.enable_batching:
-            parameters_file = self.options.batching_parameters_file
-            batching_options = read_batching_options(parameters_file, os.cpu_count() or 1)
-            self._batch_scheduler = BatchScheduler(batching_options)
+        self._loader = VersionLoader(self.options)
         self.config = ModelServerConfig()
         self._serving: dict[str, dict[int, SavedModelBundle]] = {}
         self._states: dict[str, dict[int, VersionStatus]] = {}
@@ -288,7 +272,7 @@ class ModelManager:
         retries = max(self.options.max_num_load_retries, 0)
         for attempt in range(retries + 1):
             try:
-                return self._load_bundle(model_name, version, path), None
+                return self._loader.load(model_name, version, path), None
             except ModelServerError as load_error:
                 error = load_error
             except Exception as load_error:  # noqa: BLE001 - a broken model fails only its version
@@ -319,34 +303,6 @@ class ModelManager:
                 except ModelServerError:  # unreadable now: a poll would change nothing either
                     return True
         return False
-
-    def _load_bundle(self, model_name: str, version: int, path: str) -> SavedModelBundle:
-        logger.info("Loading servable version %s from %s", servable_id(model_name, version), path)
-        bundle = load_saved_model(model_name, version, path, self.options.tag_set, self._session_config)
-        if self._batch_scheduler is not None:  # before warmup, so warmup runs through it too
-            batching_options: BatchingOptions | None = self._batch_scheduler.options
-            if self.options.enable_per_model_batching_parameters:
-                try:
-                    batching_options = read_model_batching_options(path, self._batch_scheduler.options)
-                except ModelServerError:
-                    bundle.close()
-                    raise
-            if batching_options is not None:
-                name = servable_id(model_name, version)
-                bundle.batching = BatchingSession(
-                    self._batch_scheduler, bundle.run_unbatched, name, batching_options
-                )
-        if self.options.enable_model_warmup:
-            try:
-                run_warmup(
-                    bundle,
-                    self.options.num_request_iterations_for_warmup,
-                    self.options.enable_signature_method_name_check,
-                )
-            except ModelServerError:
-                bundle.close()
-                raise
-        return bundle
 
     def _unload_version(self, model_name: str, version: int) -> None:
         name = servable_id(model_name, version)
@@ -380,8 +336,7 @@ class ModelManager:
             for model_name in list(self._serving):
                 for version in list(self._serving[model_name]):
                     self._unload_version(model_name, version)
-        if self._batch_scheduler is not None:
-            self._batch_scheduler.stop()
+        self._loader.stop()
 
 
 def settle_heap() -> None:

@@ -152,7 +152,7 @@ def _check_feeds(feeds: list[tuple[meta_graph_pb2.TensorInfo, Any]], bundle: Sav
     or, for some oneDNN kernels fed the wrong rank, the process aborts. So a shape that
     contradicts the signature of a graph input (a Placeholder) is refused with TF's
     feed-check message instead. A signature may also name an inner tensor (TF1 graphs
-    such as half_plus_two feed `x`, an Identity of parsed examples, shape [?, 1]); its
+    such as TF Serving's half_plus_two feed `x`, an Identity of parsed examples, [?, 1]); its
     static shape binds nothing, TF Serving feeds it any shape, and so does this.
     """
     for index, (info, array) in enumerate(feeds):

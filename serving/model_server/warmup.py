@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from serving.model_server.bundle import SavedModelBundle
 from serving.model_server.errors import DataLoss, InvalidArgument, Unimplemented
-from serving.model_server.inference import run_classify, run_multi_inference, run_regress
+from serving.model_server.inference import run_classify, run_regress
+from serving.model_server.multi_inference import run_multi_inference
 from serving.model_server.predict import run_predict
 from serving.model_server.tensor_encoding import decode_tensor
 from serving.protos.tensorflow_serving.apis import prediction_log_pb2

@@ -23,7 +23,7 @@ from serving.model_server.core import ModelServerCore
 from serving.model_server.errors import InvalidArgument, ModelServerError, http_status
 from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.run_options import run_timeout
-from serving.protos.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from serving.protos.tensorflow_serving.apis import model_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +142,7 @@ class RestApiHandler:
         # ProcessModelStatusRequest(); a label picks no version here, as in TF Serving.
         if not target.model_name:
             raise InvalidArgument("Missing model name in request.")
-        states = self.core.get_model_status(target.model_name, target.version)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in states.items():
-            entry = response.model_version_status.add(version=number, state=int(status.state))
-            entry.status.SetInParent()
-            if status.error is not None:
-                entry.status.error_code = status.error.code.value[0]
-                entry.status.error_message = status.error.message
+        response = self.core.get_model_status(target.model_name, target.version)
         return _to_json(response, preserving_proto_field_name=False)
 
     def _metadata(self, target: _Target) -> str:
@@ -160,9 +153,7 @@ class RestApiHandler:
         metadata = self.core.get_model_metadata(target.model_name, ["signature_def"], **_version(target))
         spec = model_pb2.ModelSpec(name=metadata.model_name)
         spec.version.value = metadata.version
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in metadata.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature)
+        signature_map = metadata.signature_def_map()
         return (
             "{\n"
             f'"model_spec":{_to_json(spec)},\n'
