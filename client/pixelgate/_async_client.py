@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +17,6 @@ from pixelgate._errors import PixelgateError
 from pixelgate._images import ImageInput
 from pixelgate._protocol import DEFAULT_URL, RetryPolicy
 from pixelgate._types import FileResult, Health, ModelDetail, ModelInfo, PredictResult
-
-logger = logging.getLogger("pixelgate")
 
 
 class AsyncClient:
@@ -57,34 +54,19 @@ class AsyncClient:
     async def _request(
         self, method: str, path: str, timeout: float | None = None, **kwargs: Any
     ) -> httpx.Response:
-        policy = self.retry_policy
-        for attempt in range(policy.retries + 1):
-            response = None
+        call_timeout = _protocol.timeout_option(timeout)
+        for attempt in range(self.retry_policy.retries + 1):
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.request(
-                    method, path, timeout=_protocol.timeout_option(timeout), **kwargs
-                )
-            except httpx.TransportError as transport_error:
-                error, retryable = _protocol.transport_error(transport_error, self.base_url)
-                if not retryable or attempt == policy.retries:
-                    raise error from None
-                reason = error.code
-            else:
-                if not _protocol.should_retry(response) or attempt == policy.retries:
-                    _protocol.raise_for_error(response)
-                    return response
-                reason = f"HTTP {response.status_code}"
-            delay = policy.delay(attempt, response)
-            logger.info(
-                "retrying %s %s in %.2fs (attempt %d of %d) after %s",
-                method,
-                path,
-                delay,
-                attempt + 2,
-                policy.retries + 1,
-                reason,
+                outcome = await self._http.request(method, path, timeout=call_timeout, **kwargs)
+            except httpx.TransportError as error:
+                outcome = error
+            settled = _protocol.answer_or_delay(
+                self.retry_policy, attempt, outcome, self.base_url, f"{method} {path}"
             )
-            await asyncio.sleep(delay)
+            if isinstance(settled, httpx.Response):
+                return settled
+            await asyncio.sleep(settled)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     async def predict(

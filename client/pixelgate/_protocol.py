@@ -4,6 +4,7 @@ and the retry policy (which failures to retry, how long to wait). No I/O happens
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ DEFAULT_URL = "http://localhost:8000"
 # 503: the model server is down, restarting or overloaded; 502: a proxy in front could not reach
 # the gateway. Both mean "nothing was done, try again"; 504 (deadline) is not retried, to add no load.
 RETRY_STATUSES = frozenset({502, 503})
+logger = logging.getLogger("pixelgate")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,38 @@ def transport_error(error: httpx.TransportError, base_url: object) -> tuple[Pixe
             f"cannot reach {base_url}: {error or type(error).__name__}", code="connection_error"
         ), True
     return PixelgateError(f"request to {base_url} failed: {error}", code="connection_error"), False
+
+
+def answer_or_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    outcome: httpx.Response | httpx.TransportError,
+    base_url: str,
+    request: str,
+) -> httpx.Response | float:
+    """After attempt `attempt` (from 0) of `request` ("POST /path"): the call's answer, or the seconds
+    to wait before the next attempt (logged). Raises what ends the call: an error answer, or a
+    failed exchange that is not retried or was the last attempt."""
+    if isinstance(outcome, httpx.TransportError):
+        error, retryable = transport_error(outcome, base_url)
+        if not retryable or attempt == policy.retries:
+            raise error from None
+        response, reason = None, error.code
+    else:
+        if not should_retry(outcome) or attempt == policy.retries:
+            raise_for_error(outcome)
+            return outcome
+        response, reason = outcome, f"HTTP {outcome.status_code}"
+    delay = policy.delay(attempt, response)
+    logger.info(
+        "retrying %s in %.2fs (attempt %d of %d) after %s",
+        request,
+        delay,
+        attempt + 2,
+        policy.retries + 1,
+        reason,
+    )
+    return delay
 
 
 def gateway_url(url: str) -> str:
