@@ -248,7 +248,7 @@ def test_load_retries_stop_once_the_version_is_no_longer_aspired(base_path, expo
     manager = start_manager(build_single_model_config("model", str(base_path)), options)
     (base_path / "2").mkdir()  # no saved_model.pb: every attempt fails
     poll = threading.Thread(target=manager.poll_file_system)
-    with caplog.at_level(logging.INFO, logger="serving.model_server.manager"):
+    with caplog.at_level(logging.INFO, logger="serving.model_server"):
         started = time.monotonic()
         poll.start()
         deadline = time.monotonic() + 30

@@ -1,11 +1,13 @@
 """Loading one model version as TF Serving's SavedModelBundleFactory does: its session, its
-batching session on the server's one batch scheduler, then its warmup requests.
+batching session on the server's one batch scheduler, then its warmup requests; with retries.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import threading
 
 from serving.model_server.batching import (
     BatchingOptions,
@@ -15,8 +17,10 @@ from serving.model_server.batching import (
     read_model_batching_options,
 )
 from serving.model_server.bundle import SavedModelBundle, load_saved_model, servable_id, session_config
+from serving.model_server.config import ModelConfig
 from serving.model_server.errors import ModelServerError
 from serving.model_server.options import ServerOptions
+from serving.model_server.version_policy import aspired_versions
 from serving.model_server.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,32 @@ class VersionLoader:
             raise
         return bundle
 
+    def load_with_retries(
+        self, model: ModelConfig, version: int, path: str, stopping: threading.Event
+    ) -> tuple[SavedModelBundle | None, ModelServerError | None]:
+        """`load`, tried --max_num_load_retries more times, --load_retry_interval_micros apart,
+        while the version policy still asks for the version and `stopping` is not set."""
+        error: ModelServerError | None = None
+        name = servable_id(model.name, version)
+        retries = max(self.options.max_num_load_retries, 0)
+        for attempt in range(retries + 1):
+            try:
+                return self.load(model.name, version, path), None
+            except ModelServerError as load_error:
+                error = load_error
+            except Exception as load_error:  # noqa: BLE001 - a broken model fails only its version
+                logger.exception("Unexpected error loading %s", name)
+                error = ModelServerError(str(load_error))
+            if attempt < retries:
+                if not _still_aspired(model, version):
+                    # AspiredVersionsManager cancels the retries of a version no longer aspired.
+                    logger.info("Retrying of Loading servable: %s was cancelled.", name)
+                    break
+                logger.warning("Loading servable version %s failed: %s; retrying", name, error)
+                if stopping.wait(max(self.options.load_retry_interval_micros, 0) / 1e6):
+                    break
+        return None, error
+
     def _add_batching(self, bundle: SavedModelBundle, scheduler: BatchScheduler, path: str) -> None:
         batching_options: BatchingOptions | None = scheduler.options
         if self.options.enable_per_model_batching_parameters:
@@ -65,3 +95,24 @@ class VersionLoader:
     def stop(self) -> None:
         if self._batch_scheduler is not None:
             self._batch_scheduler.stop()
+
+
+def _still_aspired(model: ModelConfig, version: int) -> bool:
+    """Whether the version policy still asks for `version`, reading the base path again (the
+    poll that would tell waits for this load to end)."""
+    try:
+        return version in aspired_versions(model)
+    except ModelServerError:  # unreadable now: a poll would change nothing either
+        return True
+
+
+def settle_heap() -> None:
+    """Collect once, then leave what survives out of garbage collection until versions change.
+
+    A loaded TensorFlow holds very many long-lived Python objects, and full collections
+    walking them in the middle of requests make the latency's tail (docs/benchmarks.md).
+    Unfreezing first lets an unloaded version's reference cycles be freed.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import gc
 import logging
 import threading
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from serving.model_server.errors import (
     NotFound,
     Unavailable,
 )
-from serving.model_server.loader import VersionLoader
+from serving.model_server.loader import VersionLoader, settle_heap
 from serving.model_server.options import ServerOptions
 from serving.model_server.version_policy import aspired_versions
 
@@ -101,9 +100,6 @@ class ModelManager:
             states = self._states.get(model_name, {})
             return {version: states[version] for version in sorted(states, reverse=True)}
 
-    def model_names(self) -> list[str]:
-        return [model.name for model in self.config.model_config_list.config]
-
     def _version_for_label(self, model_name: str, label: str) -> int:
         with self._lock:
             if self._labels is None:
@@ -122,7 +118,7 @@ class ModelManager:
                 logger.info("Taking no action for empty config.")
                 return
             config = validate_model_server_config(new_config)
-            new_models = set(_names(config)) - set(self.model_names())
+            new_models = set(_names(config)) - set(_names(self.config))
             self._update_labels(config)
             with self._lock:
                 for name in new_models:
@@ -253,7 +249,8 @@ class ModelManager:
         name = servable_id(model_name, version)
         self._set_state(model_name, version, VersionStatus(VersionState.START))
         self._set_state(model_name, version, VersionStatus(VersionState.LOADING))
-        bundle, error = self._load_with_retries(model_name, version, path)
+        model = next(m for m in self.config.model_config_list.config if m.name == model_name)
+        bundle, error = self._loader.load_with_retries(model, version, path, self._stopping)
         if bundle is None:
             logger.error("Loading servable version %s failed: %s", name, error)
             self._set_state(model_name, version, VersionStatus(VersionState.END, error))
@@ -263,46 +260,6 @@ class ModelManager:
             self._set_state_locked(model_name, version, VersionStatus(VersionState.AVAILABLE))
         logger.info("Successfully loaded servable version %s", name)
         return True
-
-    def _load_with_retries(
-        self, model_name: str, version: int, path: str
-    ) -> tuple[SavedModelBundle | None, ModelServerError | None]:
-        """Try --max_num_load_retries more times, --load_retry_interval_micros apart."""
-        error: ModelServerError | None = None
-        retries = max(self.options.max_num_load_retries, 0)
-        for attempt in range(retries + 1):
-            try:
-                return self._loader.load(model_name, version, path), None
-            except ModelServerError as load_error:
-                error = load_error
-            except Exception as load_error:  # noqa: BLE001 - a broken model fails only its version
-                logger.exception("Unexpected error loading %s", servable_id(model_name, version))
-                error = ModelServerError(str(load_error))
-            if attempt < retries:
-                if not self._still_aspired(model_name, version):
-                    # AspiredVersionsManager cancels the retries of a version no longer aspired.
-                    name = servable_id(model_name, version)
-                    logger.info("Retrying of Loading servable: %s was cancelled.", name)
-                    break
-                logger.warning(
-                    "Loading servable version %s failed: %s; retrying",
-                    servable_id(model_name, version),
-                    error,
-                )
-                if self._stopping.wait(max(self.options.load_retry_interval_micros, 0) / 1e6):
-                    break
-        return None, error
-
-    def _still_aspired(self, model_name: str, version: int) -> bool:
-        """Whether the version policy still asks for `version`, reading the base path again (the
-        poll that would tell waits for this load to end)."""
-        for model in self.config.model_config_list.config:
-            if model.name == model_name:
-                try:
-                    return version in aspired_versions(model)
-                except ModelServerError:  # unreadable now: a poll would change nothing either
-                    return True
-        return False
 
     def _unload_version(self, model_name: str, version: int) -> None:
         name = servable_id(model_name, version)
@@ -337,18 +294,6 @@ class ModelManager:
                 for version in list(self._serving[model_name]):
                     self._unload_version(model_name, version)
         self._loader.stop()
-
-
-def settle_heap() -> None:
-    """Collect once, then leave what survives out of garbage collection until versions change.
-
-    A loaded TensorFlow holds very many long-lived Python objects, and full collections
-    walking them in the middle of requests make the latency's tail (docs/benchmarks.md).
-    Unfreezing first lets an unloaded version's reference cycles be freed.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _names(config: ModelServerConfig) -> list[str]:
