@@ -69,14 +69,27 @@ def parse_arguments() -> argparse.Namespace:
         "--gateway-threads", help="GATEWAY_THREADS for the gateway (default: gunicorn.conf.py's)"
     )
     parser.add_argument(
+        "--tutorial-workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="gunicorn workers for the tutorial app (default: one per core this process may use); "
+        "TensorFlow's intra- and inter-op threads in each are the cores divided among them",
+    )
+    parser.add_argument(
+        "--tutorial-threads", type=int, default=4, help="gthread threads per tutorial app worker"
+    )
+    parser.add_argument(
         "--skip",
         nargs="*",
         default=[],
-        choices=["inprocess", "server", "batching", "small", "floor", "gateway", "tutorial"],
+        choices=["inprocess", "server", "batching", "small", "floor", "gateway", "tutorial", "devserver"],
         help="phases to leave out (server: the model server without batching; small: with the "
-        "small-model batching configuration)",
+        "small-model batching configuration; devserver: the tutorial app's reference row on "
+        "Flask's development server)",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.tutorial_layout = servers.TutorialLayout(args.tutorial_workers, args.tutorial_threads)
+    return args
 
 
 def main() -> int:
@@ -103,6 +116,7 @@ def main() -> int:
             "req/s = images/s (one image per request); latencies from the client, including queueing; "
             "CPU ms = CPU time per request of the serving processes (model server, + gateway workers in "
             "gateway rows); load ms = CPU time per request of the load generator, on the same cores",
+            f"tutorial app: {args.tutorial_layout.describe()}; the goals compare the gateway with it",
         ]
     )
     result.gateway_footprint = phases.gateway_import_footprint()

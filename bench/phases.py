@@ -4,6 +4,7 @@ its results to the report. `args` is the command line's namespace (bench/__main_
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -174,10 +175,10 @@ def run_gateway(
             with contextlib.ExitStack() as apps:
                 targets = [(report.GATEWAY, url, pids)]
                 if "tutorial" not in args.skip:
-                    tutorial_url, tutorial_pid = apps.enter_context(
-                        servers.tutorial_app(workload, models_dir, logs)
+                    tutorial_url, tutorial_pids = apps.enter_context(
+                        servers.tutorial_app(workload, models_dir, logs, args.tutorial_layout)
                     )
-                    targets.append((report.TUTORIAL, tutorial_url, [tutorial_pid]))
+                    targets.append((report.TUTORIAL, tutorial_url, tutorial_pids))
                 measured = http_runs(args, targets, workload, wrk)
             result.results.extend(measured[0])
             if len(measured) > 1:
@@ -190,6 +191,8 @@ def run_gateway(
                 )
                 run(WARMUP_SECONDS)  # after the tutorial app's last run, as before each closed loop
                 result.results.append(with_cpu(pids, partial(run, args.seconds)))
+            if "devserver" not in args.skip:
+                tutorial_results.extend(run_development_server(args, workload, models_dir, wrk, logs))
         result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
     return tutorial_results
 
@@ -205,5 +208,17 @@ def run_tutorial(
     args, result: report.Report, workload: Workload, models_dir: Path, wrk: str | None, logs: Path
 ) -> None:
     """The tutorial app on its own (when the gateway's runs are skipped)."""
-    with servers.tutorial_app(workload, models_dir, logs) as (url, pid):
-        result.results.extend(http_runs(args, [(report.TUTORIAL, url, [pid])], workload, wrk)[0])
+    with servers.tutorial_app(workload, models_dir, logs, args.tutorial_layout) as (url, pids):
+        result.results.extend(http_runs(args, [(report.TUTORIAL, url, pids)], workload, wrk)[0])
+    if "devserver" not in args.skip:
+        result.results.extend(run_development_server(args, workload, models_dir, wrk, logs))
+
+
+def run_development_server(
+    args, workload: Workload, models_dir: Path, wrk: str | None, logs: Path
+) -> list[LoadResult]:
+    """The same app on Flask's development server, as most guides run it: a reference row at the
+    highest HTTP concurrency only (the goals are judged against the app on gunicorn)."""
+    highest = argparse.Namespace(**{**vars(args), "http_concurrency": [max(args.http_concurrency)]})
+    with servers.tutorial_app(workload, models_dir, logs) as (url, pids):
+        return http_runs(highest, [(report.TUTORIAL_DEV, url, pids)], workload, wrk)[0]

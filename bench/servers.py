@@ -6,6 +6,7 @@ models they serve, trained once when missing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from serving import stack
 
 logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
+# What each process of the tutorial app prints once its model is loaded (bench/tutorial_app.py).
+TUTORIAL_LOADED = "tutorial app: model loaded"
 
 
 def ensure_models(names: list[str], models_dir: Path, fallback_dir: Path, data_dir: str) -> Path:
@@ -134,26 +137,79 @@ def grpc_floor(model: str, logs: Path) -> Iterator[tuple[str, int]]:
             floor.stdout.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class TutorialLayout:
+    """How the tutorial app runs on gunicorn: gthread workers, threads each, TensorFlow's threads."""
+
+    workers: int
+    threads: int
+
+    @property
+    def tensorflow_threads(self) -> int:
+        # The cores shared out among the workers, so that their TensorFlow pools do not
+        # oversubscribe the machine (each one's default is every core, intra- and inter-op).
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+
+    def describe(self) -> str:
+        return (
+            f"gunicorn, {self.workers} gthread workers x {self.threads} threads, each with "
+            f"{self.tensorflow_threads} TensorFlow intra-op and inter-op thread(s)"
+        )
+
+
 @contextlib.contextmanager
-def tutorial_app(workload: Workload, models_dir: Path, logs: Path) -> Iterator[tuple[str, int]]:
-    """The tutorial Flask app serving `workload`'s model, answering: (its predict URL, its pid)."""
+def tutorial_app(
+    workload: Workload, models_dir: Path, logs: Path, layout: TutorialLayout | None = None
+) -> Iterator[tuple[str, list[int]]]:
+    """The tutorial Flask app serving `workload`'s model, answering: (its predict URL, its pids).
+
+    On gunicorn with `layout`; without one, on Flask's development server (one process)."""
     port = stack.free_port()
     version = max(int(p.name) for p in (models_dir / workload.model).iterdir() if p.name.isdigit())
-    logger.info("starting the tutorial Flask app for %s", workload.model)
-    with (logs / f"tutorial-{workload.model}.log").open("w") as log:
-        app = subprocess.Popen(
-            [sys.executable, "-m", "bench.tutorial_app",
-             "--model-dir", str(models_dir / workload.model / str(version)), "--port", str(port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    model_dir = models_dir / workload.model / str(version)
+    if layout is None:
+        command = [
+            sys.executable, "-m", "bench.tutorial_app", "--model-dir", str(model_dir), "--port", str(port)
+        ]
+        log_path, workers = logs / f"tutorial-dev-{workload.model}.log", 1
+    else:
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", str(layout.workers),
+            "--worker-class", "gthread",
+            "--threads", str(layout.threads),
+            "--reuse-port",  # a socket per worker: the kernel spreads connections evenly over them
+            "--no-control-socket",  # gunicorn's management socket: one path per user, the gateway's
+            "--timeout", "300",  # each worker imports TensorFlow and loads the model before answering
+            f"bench.tutorial_app:create_app(model_dir={str(model_dir)!r}, "
+            f"tensorflow_threads={layout.tensorflow_threads})",
+        ]  # no --preload: TensorFlow's thread pools do not survive a fork, so each worker loads the model
+        log_path, workers = logs / f"tutorial-{workload.model}.log", layout.workers
+    logger.info("starting the tutorial Flask app for %s: %s", workload.model,
+                layout.describe() if layout else "Flask's development server")
+    with log_path.open("w") as log:
+        app = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
+            wait_for_line(log_path, TUTORIAL_LOADED, workers, app)
             url = f"http://127.0.0.1:{port}/predict"
             post_until_ok(url, workload, app)
-            yield url, app.pid
+            yield url, process_tree(app.pid)
         finally:
             stack.stop(app)
+
+
+def wait_for_line(
+    log_path: Path, line: str, count: int, process: subprocess.Popen, timeout: float = 300
+) -> None:
+    """Wait until `line` appears `count` times in the log: every worker of a server has loaded."""
+    deadline = time.monotonic() + timeout
+    while log_path.read_text(errors="replace").count(line) < count:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} workers did not load within {timeout:.0f}s; see {log_path}")
+        time.sleep(0.2)
 
 
 def post_until_ok(url: str, workload: Workload, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -107,6 +107,7 @@ def test_report_shows_every_run_and_judges_the_goals():
         (report.SERVER_BATCHING, 700),
         (report.GATEWAY, 300),
         (report.TUTORIAL, 100),
+        (report.TUTORIAL_DEV, 60),
     ):
         runs.results.append(
             LoadResult(
@@ -114,9 +115,30 @@ def test_report_shows_every_run_and_judges_the_goals():
             )
         )
     text = report.render(runs)
-    assert "gateway / tutorial at c=32: 3.00x  goal >= 2x: met" in text
+    assert "gateway / tutorial (gunicorn) at c=32: 3.00x  goal >= 2x: met" in text
+    # The development server's figure is a labelled reference, never judged against the goal.
+    assert "gateway / tutorial (Flask dev server) at c=32: 5.00x  (for reference: no goal)" in text
+    assert f"mnist    {report.TUTORIAL_DEV:<30}      c=32" in text
     assert "model server gRPC, batching at c=32 / in-process batch 32: 70%  goal >= 60%: met" in text
     assert text.count("mnist ") >= 5
+
+
+def test_tutorial_app_runs_on_gunicorn_with_a_worker_per_core_each_loading_the_model(
+    models_dir, workload, tmp_path
+):
+    from bench import servers
+
+    layout = servers.TutorialLayout(workers=2, threads=2)
+    assert layout.describe().startswith("gunicorn, 2 gthread workers x 2 threads")
+    with servers.tutorial_app(workload, models_dir, tmp_path, layout) as (url, pids):
+        assert len(pids) == 3  # gunicorn's master and its two workers: the CPU counted is theirs
+        closed = http_load.run_python_closed_loop(
+            url, workload.multipart_bodies(), MULTIPART_CONTENT_TYPE, 4, 1.0, label=report.TUTORIAL,
+            model="mnist",
+        )
+    assert closed.requests > 0 and not closed.errors
+    log = (tmp_path / "tutorial-mnist.log").read_text()
+    assert log.count(servers.TUTORIAL_LOADED) == 2  # no --preload: each worker loaded its own copy
 
 
 def test_grpc_floor_answers_predict_and_its_share_is_reported(workload):
@@ -211,7 +233,9 @@ def test_http_runs_take_turns_and_keep_each_targets_best_round(gateway_url, work
     gateway_1, tutorial_1, gateway_2, tutorial_2 = (
         (report.GATEWAY, 1), (report.TUTORIAL, 1), (report.GATEWAY, 2), (report.TUTORIAL, 2)
     )
-    assert order == [gateway_1, tutorial_1, tutorial_1, gateway_1, gateway_2, tutorial_2, tutorial_2, gateway_2]
+    assert order == [
+        gateway_1, tutorial_1, tutorial_1, gateway_1, gateway_2, tutorial_2, tutorial_2, gateway_2
+    ]
     assert [(r.target, r.concurrency) for r in gateway] == [(report.GATEWAY, 1), (report.GATEWAY, 2)]
     assert all(r.requests > 0 and not r.errors for r in gateway)
     assert [(r.target, r.concurrency) for r in refused] == [(report.TUTORIAL, 1), (report.TUTORIAL, 2)]
