@@ -16,7 +16,7 @@ import numpy as np
 from serving.model_server import inference
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.errors import InvalidArgument, NotFound
-from serving.model_server.manager import ModelManager
+from serving.model_server.manager import ModelManager, VersionStatus
 from serving.model_server.multi_inference import run_multi_inference
 from serving.model_server.predict import DEFAULT_SIGNATURE, run_predict
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
@@ -187,25 +187,16 @@ class ModelServerCore:
         with self.manager.servable(model_name, version, version_label) as bundle:
             return ModelMetadata(bundle.model_name, bundle.version, dict(bundle.signature_defs))
 
-    def get_model_status(
-        self, model_name: str, version: int | None = None
-    ) -> get_model_status_pb2.GetModelStatusResponse:
+    def get_model_status(self, model_name: str, version: int | None = None) -> dict[int, VersionStatus]:
         """State of one version, or of every version the server has known, newest first."""
         states = self.manager.version_states(model_name)
         if version is not None:
             if version not in states:
                 raise NotFound(f"Could not find version {version} of model {model_name}")
-            states = {version: states[version]}
-        elif not states:
+            return {version: states[version]}
+        if not states:
             raise NotFound(f"Could not find any versions of model {model_name}")
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in states.items():
-            entry = response.model_version_status.add(version=number, state=int(status.state))
-            entry.status.SetInParent()  # TF Serving always sets it, OK included
-            if status.error is not None:
-                entry.status.error_code = status.error.code.value[0]
-                entry.status.error_message = status.error.message
-        return response
+        return states
 
     def reload_config(self, config: ModelServerConfig) -> None:
         """Serve what `config` lists from now on; returns once new models are available."""
@@ -215,3 +206,15 @@ class ModelServerCore:
                 "Only ModelConfigList is currently supported"
             )
         self.manager.reload_config(config)
+
+
+def model_status_response(states: dict[int, VersionStatus]) -> get_model_status_pb2.GetModelStatusResponse:
+    """GetModelStatusResponse for `get_model_status`'s answer, as both APIs send it."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for number, status in states.items():
+        entry = response.model_version_status.add(version=number, state=int(status.state))
+        entry.status.SetInParent()  # TF Serving always sets it, OK included
+        if status.error is not None:
+            entry.status.error_code = status.error.code.value[0]
+            entry.status.error_message = status.error.message
+    return response

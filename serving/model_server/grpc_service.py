@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from serving.model_server import errors, metrics
-from serving.model_server.core import ModelServerCore
+from serving.model_server.core import ModelServerCore, model_status_response
 from serving.model_server.run_options import run_timeout
 from serving.model_server.tensor_encoding import decode_tensor, encode_tensor
 from serving.protos.tensorflow_serving.apis import (
@@ -233,7 +233,7 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> get_model_status_pb2.GetModelStatusResponse:
         _require_model_spec(request)
         version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        return self._core.get_model_status(request.model_spec.name, version)
+        return model_status_response(self._core.get_model_status(request.model_spec.name, version))
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext

@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from google.protobuf import json_format
 
-from serving.model_server.core import ModelServerCore
+from serving.model_server.core import ModelServerCore, model_status_response
 from serving.model_server.errors import InvalidArgument, ModelServerError, http_status
 from serving.model_server.rest import examples_request, json_answers, json_document, predict_request
 from serving.model_server.run_options import run_timeout
@@ -127,7 +127,6 @@ class RestApiHandler:
 
     def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
         """Run a core coroutine on the server's loop, bounded by --rest_api_timeout_in_ms; wait for it."""
-
         if _running_loop() is self.loop:  # waiting here would stop the loop that must answer
             coroutine.close()
             raise RuntimeError("RestApiHandler called from its own event loop's thread")
@@ -142,7 +141,7 @@ class RestApiHandler:
         # ProcessModelStatusRequest(); a label picks no version here, as in TF Serving.
         if not target.model_name:
             raise InvalidArgument("Missing model name in request.")
-        response = self.core.get_model_status(target.model_name, target.version)
+        response = model_status_response(self.core.get_model_status(target.model_name, target.version))
         return _to_json(response, preserving_proto_field_name=False)
 
     def _metadata(self, target: _Target) -> str:
