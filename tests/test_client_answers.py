@@ -5,12 +5,14 @@ Each is a PixelgateError (`invalid_response`, or the error the status carries), 
 from __future__ import annotations
 
 import asyncio
+import base64
+import csv
 import http.server
 import json
 import threading
 
 import pytest
-from pixelgate import AsyncClient, Client, Health, PixelgateError
+from pixelgate import AsyncClient, Client, Explanation, Health, OutOfDistribution, PixelgateError
 from pixelgate.cli import main as cli_main
 
 DIGIT = b"\x89PNG\r\n\x1a\n not decoded by these servers"
@@ -22,9 +24,11 @@ class ScriptedServer:
     def __init__(self):
         script = self
         self.status, self.content_type, self.body = 200, "application/json", b"{}"
+        self.paths: list[str] = []  # each request's path and query, in order
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
+                script.paths.append(self.path)
                 self.send_response(script.status)
                 self.send_header("Content-Type", script.content_type)
                 self.send_header("Content-Length", str(len(script.body)))
@@ -181,3 +185,174 @@ def test_the_cli_says_what_is_wrong_with_the_url(capsys):
     assert "invalid gateway URL" in error and "Traceback" not in error
     assert cli_main(["--url", "http://localhost:819o", "--json", "models"]) == 1
     assert json.loads(capsys.readouterr().out)["code"] == "usage_error"
+
+
+# --- out-of-distribution flags and explanations: today's answers and an older gateway's -------
+
+HEATMAP = b"\x89PNG\r\n\x1a\n a heatmap"
+OLD_PREDICTION = {
+    "label": "7",
+    "class_index": 7,
+    "probability": 0.75,
+    "top_k": [
+        {"label": "7", "class_index": 7, "probability": 0.75},
+        {"label": "1", "class_index": 1, "probability": 0.25},
+    ],
+}
+FLAGGED_PREDICTION = {
+    **OLD_PREDICTION,
+    "in_distribution": False,
+    "ood_score": 12.5,
+    "explanation": {
+        "method": "integrated_gradients",
+        "saliency": [[0.0, 1.5, 0], [0.25, 0.0, 2]],
+        "heatmap_png": base64.b64encode(HEATMAP).decode(),
+    },
+}
+OLD_MODEL = {
+    "name": "mnist",
+    "version": 1,
+    "input": {"shape": [28, 28, 1]},
+    "classes": ["0", "1"],
+    "versions": [{"version": 1, "state": "AVAILABLE"}],
+}
+OOD = {"threshold": 3.25, "method": "mahalanobis", "target_in_distribution_flag_rate": 0.05}
+
+
+def answers_of(model: dict, predictions: list[dict]) -> dict:
+    return {"model": model["name"], "version": model["version"], "predictions": predictions}
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_an_older_gateways_answers_parse_with_the_new_fields_none(server, use_async):
+    """A gateway from before the flag (or a version exported without a score: the fields are null)."""
+    for prediction in (OLD_PREDICTION, {**OLD_PREDICTION, "in_distribution": None, "ood_score": None}):
+        server.answer(200, answers_of(OLD_MODEL, [prediction]))
+        [parsed] = call(server.url, "predict", use_async).predictions
+        assert (parsed.label, parsed.in_distribution, parsed.ood_score, parsed.explanation) == (
+            "7",
+            None,
+            None,
+            None,
+        )
+    for model in (OLD_MODEL, {**OLD_MODEL, "out_of_distribution": None}):
+        server.answer(200, model)
+        assert call(server.url, "model", use_async).out_of_distribution is None
+        server.answer(200, {"models": [model]})
+        assert call(server.url, "models", use_async)[0].out_of_distribution is None
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_flags_scores_explanations_and_thresholds_parse(server, use_async):
+    server.answer(
+        200,
+        answers_of(
+            OLD_MODEL, [FLAGGED_PREDICTION, {**OLD_PREDICTION, "in_distribution": True, "ood_score": -1}]
+        ),
+    )
+
+    async def explain_async():
+        async with AsyncClient(server.url, retries=0) as client:
+            return await client.predict([DIGIT, DIGIT], model="mnist", explain=True)
+
+    if use_async:
+        result = asyncio.run(explain_async())
+    else:
+        with Client(server.url, retries=0) as client:
+            result = client.predict([DIGIT, DIGIT], model="mnist", explain=True)
+    assert "explain=true" in server.paths[-1].split("?", 1)[1].split("&")
+    flagged, usual = result.predictions
+    assert (flagged.in_distribution, flagged.ood_score) == (False, 12.5)
+    assert flagged.explanation == Explanation(
+        "integrated_gradients", [[0.0, 1.5, 0.0], [0.25, 0.0, 2.0]], HEATMAP
+    )
+    assert flagged.explanation.shape == (2, 3)
+    assert "saliency" not in repr(flagged) and "heatmap" not in repr(flagged)  # reprs stay one line
+    assert (usual.in_distribution, usual.ood_score, usual.explanation) == (True, -1.0, None)
+    assert isinstance(usual.ood_score, float)
+
+    server.answer(200, {**OLD_MODEL, "out_of_distribution": OOD})
+    assert call(server.url, "model", use_async).out_of_distribution == OutOfDistribution(
+        3.25, "mahalanobis", 0.05
+    )
+    server.answer(200, {"models": [{**OLD_MODEL, "out_of_distribution": OOD}]})
+    assert call(server.url, "models", use_async)[0].out_of_distribution.threshold == 3.25
+
+
+def test_explain_is_only_sent_when_asked_for(server):
+    server.answer(200, answers_of(OLD_MODEL, [OLD_PREDICTION]))
+    with Client(server.url, retries=0) as client:
+        client.predict(DIGIT, model="mnist")
+        client.predict(DIGIT, model="mnist", explain=False, debug=True)
+    assert ["explain" in path for path in server.paths] == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"in_distribution": "no"}, "in_distribution is 'no'"),
+        ({"in_distribution": 0}, "in_distribution is 0"),
+        ({"ood_score": "high"}, "'high' is not a number"),
+        ({"ood_score": True}, "True is not a number"),
+        ({"explanation": {"method": "occlusion"}}, "KeyError"),
+        ({"explanation": {"method": "occlusion", "saliency": [["hot"]]}}, "not a number"),
+        ({"explanation": {"method": "occlusion", "saliency": 3}}, "TypeError"),
+    ],
+)
+def test_flags_in_another_shape_are_an_invalid_response(server, fields, said):
+    server.answer(200, answers_of(OLD_MODEL, [{**OLD_PREDICTION, **fields}]))
+    with pytest.raises(PixelgateError) as raised:
+        call(server.url, "predict", use_async=False)
+    assert raised.value.code == "invalid_response" and said in raised.value.message
+
+
+def test_the_cli_shows_the_flag_and_writes_heatmaps_beside_its_results(server, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    for name in ("seven.png", "seven.jpg"):
+        (tmp_path / "in" / name).write_bytes(DIGIT)
+    server.answer(200, answers_of(OLD_MODEL, [FLAGGED_PREDICTION]))
+    output = tmp_path / "out" / "results.csv"
+    arguments = ["--url", server.url, "predict", str(tmp_path / "in"), "-m", "mnist", "-o", str(output)]
+    assert cli_main([*arguments, "--explain", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    header, *rows = out.splitlines()
+    assert header.split() == ["PATH", "LABEL", "PROB", "IN-DIST", "OOD", "SCORE", "OTHERS"]
+    assert [row.split()[1:6] for row in rows] == [["7", "75.0%", "no", "12.50", "1"]] * 2
+    assert "2 images: 2 classified, 0 failed, 2 out of distribution in" in err
+    heatmaps = tmp_path / "out" / "results-heatmaps"
+    assert f"2 heatmaps written to {heatmaps}" in err
+    assert sorted(p.name for p in heatmaps.iterdir()) == ["seven.jpg.heatmap.png", "seven.png.heatmap.png"]
+    assert (heatmaps / "seven.png.heatmap.png").read_bytes() == HEATMAP
+    with output.open(newline="") as file:
+        row = next(csv.DictReader(file))
+    assert (row["in_distribution"], float(row["ood_score"])) == ("false", 12.5)
+    assert row["heatmap"] == str(heatmaps / "seven.jpg.heatmap.png")
+
+    # --explain-dir, --json: the saliency map in the JSON, the PNG in the file it names.
+    assert cli_main([*arguments[:6], "--explain-dir", str(tmp_path / "maps"), "--json", "--no-progress"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved[0]["explanation"] == {
+        "method": "integrated_gradients",
+        "saliency": FLAGGED_PREDICTION["explanation"]["saliency"],
+    }
+    assert saved[0]["heatmap"] == str(tmp_path / "maps" / "seven.jpg.heatmap.png")
+    assert (saved[0]["in_distribution"], saved[0]["ood_score"]) == (False, 12.5)
+
+    # An older gateway: no flag, a "-" column, no count in the summary, no heatmaps.
+    server.answer(200, answers_of(OLD_MODEL, [OLD_PREDICTION]))
+    assert cli_main([*arguments[:6], "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert [row.split()[3:5] for row in out.splitlines()[1:]] == [["-", "-"]] * 2
+    assert "out of distribution" not in err and "heatmap" not in err
+
+
+def test_the_cli_shows_a_models_threshold(server, capsys):
+    server.answer(200, {**OLD_MODEL, "out_of_distribution": OOD})
+    assert cli_main(["--url", server.url, "model", "mnist"]) == 0
+    assert (
+        "out-of-distribution flag: mahalanobis score above 3.25, calibrated to flag 5% of in-distribution"
+        in capsys.readouterr().out
+    )
+    server.answer(200, OLD_MODEL)
+    assert cli_main(["--url", server.url, "model", "mnist"]) == 0
+    assert "exported without a score" in capsys.readouterr().out

@@ -10,10 +10,12 @@ from pixelgate._client import Client
 from pixelgate._errors import PixelgateError
 from pixelgate._types import (
     ClassScore,
+    Explanation,
     FileResult,
     Health,
     ModelDetail,
     ModelInfo,
+    OutOfDistribution,
     Prediction,
     PredictResult,
     VersionStatus,
@@ -23,16 +25,18 @@ __all__ = [
     "AsyncClient",
     "ClassScore",
     "Client",
+    "Explanation",
     "FileResult",
     "Health",
     "ModelDetail",
     "ModelInfo",
+    "OutOfDistribution",
     "PixelgateError",
     "PredictResult",
     "Prediction",
     "VersionStatus",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 if TYPE_CHECKING:
     from pixelgate._async_client import AsyncClient

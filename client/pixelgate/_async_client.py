@@ -78,10 +78,14 @@ class AsyncClient:
         version: int | None = None,
         label: str | None = None,
         debug: bool = False,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> PredictResult:
-        """Classify one image, or a list of them in one request (one Prediction each, in order)."""
-        path, files, params, count = _protocol.predict_request(images, model, top_k, version, label, debug)
+        """Classify one image, or a list of them in one request (one Prediction each, in order);
+        `explain=True` adds each prediction's `explanation`, as with `Client.predict`."""
+        path, files, params, count = _protocol.predict_request(
+            images, model, top_k, version, label, debug, explain
+        )
         response = await self._request("POST", path, timeout, files=files, params=params)
         return _protocol.predict_result(response, count)
 
@@ -117,14 +121,19 @@ class AsyncClient:
         output: str | os.PathLike[str] | None = None,
         progress: bool = True,
         recursive: bool = True,
+        explain: bool = False,
+        heatmap_dir: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
     ) -> list[FileResult]:
         """Like `Client.predict_folder`, with at most `concurrency` requests in flight."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if heatmap_dir is not None and not explain:
+            raise ValueError("heatmap_dir= writes explanations: give explain=True too")
         files = _folder.find_images(
             [path] if isinstance(path, (str, os.PathLike)) else path, recursive=recursive
         )
+        heatmaps = _folder.heatmap_paths(files, heatmap_dir) if heatmap_dir is not None else {}
         bar = _folder.progress_bar(len(files), progress, model)
         slots = asyncio.Semaphore(concurrency)
 
@@ -132,9 +141,15 @@ class AsyncClient:
             async with slots:
                 try:
                     result = await self.predict(
-                        file, model=model, top_k=top_k, version=version, label=label, timeout=timeout
+                        file,
+                        model=model,
+                        top_k=top_k,
+                        version=version,
+                        label=label,
+                        explain=explain,
+                        timeout=timeout,
                     )
-                    return _folder.file_result(file, model, result)
+                    return _folder.file_result(file, model, result, heatmaps.get(file))
                 except OSError as error:
                     return _folder.failed_file(file, model, error)
                 except PixelgateError as error:

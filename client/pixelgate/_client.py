@@ -80,11 +80,16 @@ class Client:
         version: int | None = None,
         label: str | None = None,
         debug: bool = False,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> PredictResult:
         """Classify one image, or a list of them in one request (one Prediction each, in order).
-        `version` or `label` picks a model version; `debug=True` asks for the preprocessed images."""
-        path, files, params, count = _protocol.predict_request(images, model, top_k, version, label, debug)
+        `version` or `label` picks a model version; `debug=True` asks for the preprocessed images;
+        `explain=True` for each prediction's `explanation` (saliency map and heatmap), which costs
+        more: the gateway takes only a few images per explained request (MAX_IMAGES_PER_EXPLAIN)."""
+        path, files, params, count = _protocol.predict_request(
+            images, model, top_k, version, label, debug, explain
+        )
         response = self._request("POST", path, timeout, files=files, params=params)
         return _protocol.predict_result(response, count)
 
@@ -122,25 +127,38 @@ class Client:
         output: str | os.PathLike[str] | None = None,
         progress: bool = True,
         recursive: bool = True,
+        explain: bool = False,
+        heatmap_dir: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
     ) -> list[FileResult]:
         """Classify every image under `path` (a folder, a file, or a list of them), `concurrency`
         requests at a time, with a progress bar on stderr. Results come back in file order; a file the
         gateway refuses (say, not an image) gets `code` set instead of stopping the run. `output`
-        (`.csv` or `.json`) also writes them there."""
+        (`.csv` or `.json`) also writes them there. `explain=True` asks for each file's explanation;
+        `heatmap_dir` also writes its heatmap PNG there (`FileResult.heatmap`): the file's path below
+        the files' common folder, plus `.heatmap.png`."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if heatmap_dir is not None and not explain:
+            raise ValueError("heatmap_dir= writes explanations: give explain=True too")
         files = _folder.find_images(
             [path] if isinstance(path, (str, os.PathLike)) else path, recursive=recursive
         )
+        heatmaps = _folder.heatmap_paths(files, heatmap_dir) if heatmap_dir is not None else {}
         bar = _folder.progress_bar(len(files), progress, model)
 
         def one(file: Path) -> FileResult:
             try:
                 result = self.predict(
-                    file, model=model, top_k=top_k, version=version, label=label, timeout=timeout
+                    file,
+                    model=model,
+                    top_k=top_k,
+                    version=version,
+                    label=label,
+                    explain=explain,
+                    timeout=timeout,
                 )
-                return _folder.file_result(file, model, result)
+                return _folder.file_result(file, model, result, heatmaps.get(file))
             except OSError as error:
                 return _folder.failed_file(file, model, error)
             except PixelgateError as error:

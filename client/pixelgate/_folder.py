@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +17,21 @@ from pixelgate._errors import PixelgateError
 from pixelgate._images import IMAGE_SUFFIXES
 from pixelgate._types import FileResult, PredictResult
 
-CSV_COLUMNS = ("path", "model", "version", "label", "class_index", "probability", "top_k", "error", "code")
+CSV_COLUMNS = (
+    "path",
+    "model",
+    "version",
+    "label",
+    "class_index",
+    "probability",
+    "top_k",
+    "in_distribution",
+    "ood_score",
+    "heatmap",
+    "error",
+    "code",
+)
+HEATMAP_SUFFIX = ".heatmap.png"
 
 
 class Progress(Protocol):
@@ -66,10 +80,38 @@ class _NoProgress:
         pass
 
 
-def file_result(path: Path, model: str, result: PredictResult) -> FileResult:
+def heatmap_paths(files: list[Path], directory: str | os.PathLike[str]) -> dict[Path, Path]:
+    """Where each file's heatmap goes: its path below the files' common folder, mirrored under
+    `directory`, its whole name + `.heatmap.png` (a.png and a.jpg get one each)."""
+    if not files:
+        return {}
+    base = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file in files])
+    return {
+        file: Path(directory) / (os.path.relpath(os.path.abspath(file), base) + HEATMAP_SUFFIX)
+        for file in files
+    }
+
+
+def file_result(path: Path, model: str, result: PredictResult, heatmap: Path | None = None) -> FileResult:
+    """The file's FileResult; with `heatmap`, its explanation's heatmap PNG is written there."""
     best = result.predictions[0]
+    written = None
+    if heatmap is not None and best.explanation is not None and best.explanation.heatmap_png is not None:
+        heatmap.parent.mkdir(parents=True, exist_ok=True)
+        heatmap.write_bytes(best.explanation.heatmap_png)
+        written = str(heatmap)
     return FileResult(
-        str(path), model, result.version, best.label, best.class_index, best.probability, best.top_k
+        str(path),
+        model,
+        result.version,
+        best.label,
+        best.class_index,
+        best.probability,
+        best.top_k,
+        best.in_distribution,
+        best.ood_score,
+        best.explanation,
+        written,
     )
 
 
@@ -100,9 +142,17 @@ def write_results(results: list[FileResult], output: str | os.PathLike[str]) -> 
         for result in results:
             row = result_to_json(result)
             row["top_k"] = " ".join(f"{s['label']}:{s['probability']:.6f}" for s in row["top_k"])
+            flag = row["in_distribution"]
+            row["in_distribution"] = "" if flag is None else str(flag).lower()  # as in the JSON
+            del row["explanation"]  # the saliency map is in the JSON output and the heatmap file
             writer.writerow(row)
     return path
 
 
 def result_to_json(result: FileResult) -> dict[str, Any]:
-    return asdict(result)
+    """The result as JSON values: its explanation's method and saliency (the PNG is the heatmap file)."""
+    row = asdict(replace(result, explanation=None))
+    explanation = result.explanation
+    if explanation is not None:
+        row["explanation"] = {"method": explanation.method, "saliency": explanation.saliency}
+    return row

@@ -218,6 +218,7 @@ def predict_request(
     version: int | None,
     label: str | None,
     debug: bool,
+    explain: bool = False,
 ) -> tuple[str, list[tuple[str, tuple[str, bytes, str]]], dict[str, Any], int]:
     """(path, multipart files, query, image count). Images are read once, here: retries resend these bytes."""
     if version is not None and label is not None:
@@ -229,7 +230,13 @@ def predict_request(
     if not batch:
         raise ValueError("no images given")
     files = [("image", encode_image(image)) for image in batch]
-    options = {"top_k": top_k, "version": version, "label": label, "debug": "true" if debug else None}
+    options = {
+        "top_k": top_k,
+        "version": version,
+        "label": label,
+        "debug": "true" if debug else None,
+        "explain": "true" if explain else None,
+    }
     params = {key: value for key, value in options.items() if value is not None}
     return f"/v1/models/{quote(model, safe='')}:predict", files, params, len(batch)
 

@@ -16,24 +16,57 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Why the model chose its label (`explain=True`): `saliency` is an H×W map of the model
+    input's size, >= 0, larger where the pixels pushed the model towards the label; `heatmap_png`
+    is the same map as a colour PNG, to lay over the image the model saw."""
+
+    method: str
+    saliency: list[list[float]] = field(repr=False)
+    heatmap_png: bytes | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.saliency), len(self.saliency[0]) if self.saliency else 0
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Explanation:
+        saliency = [[_number(value) for value in row] for row in body["saliency"]]
+        return cls(str(body["method"]), saliency, _decode_png(body.get("heatmap_png")))
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """One image's answer: the top class and the top-k list, best first. `preprocessed` is the
-    PNG the model saw, when asked for with `debug=True` and the gateway supports it."""
+    """One image's answer: the top class and the top-k list, best first.
+
+    `in_distribution` is False when the image looks unlike the model's training data (its
+    `ood_score`, higher = less alike, is above the version's threshold): the label is then a
+    guess. Both are None for versions exported without a score, and from older gateways.
+    `preprocessed` is the PNG the model saw (`debug=True`); `explanation` comes with `explain=True`."""
 
     label: str
     class_index: int
     probability: float
     top_k: list[ClassScore]
+    in_distribution: bool | None = None
+    ood_score: float | None = None
     preprocessed: bytes | None = field(default=None, repr=False)
+    explanation: Explanation | None = field(default=None, repr=False)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Prediction:
+        flag, score, explanation = body.get("in_distribution"), body.get("ood_score"), body.get("explanation")
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"in_distribution is {flag!r}, not true, false or null")
         return cls(
             label=body["label"],
             class_index=body["class_index"],
             probability=body["probability"],
             top_k=[ClassScore(s["label"], s["class_index"], s["probability"]) for s in body["top_k"]],
+            in_distribution=flag,
+            ood_score=None if score is None else _number(score),
             preprocessed=_decode_png(body.get("preprocessed")),
+            explanation=None if explanation is None else Explanation.from_json(explanation),
         )
 
 
@@ -51,14 +84,34 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
+class OutOfDistribution:
+    """How a model version flags images unlike its training data: `ood_score` above `threshold`
+    is out of distribution. The threshold was calibrated at export so that about
+    `target_in_distribution_flag_rate` of in-distribution (validation) images are flagged."""
+
+    threshold: float
+    method: str
+    target_in_distribution_flag_rate: float | None = None
+
+    @classmethod
+    def from_json(cls, body: Any) -> OutOfDistribution | None:
+        if body is None:
+            return None  # a version exported without a score
+        rate = body.get("target_in_distribution_flag_rate")
+        return cls(_number(body["threshold"]), str(body["method"]), None if rate is None else _number(rate))
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """A served model: the version requests go to by default, its input shape [H, W, C] and classes."""
+    """A served model: the version requests go to by default, its input shape [H, W, C] and classes,
+    and its out-of-distribution threshold (None for versions without a score, and older gateways)."""
 
     name: str
     version: int | None
     input_shape: list[int]
     classes: list[str]
     state: str
+    out_of_distribution: OutOfDistribution | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelInfo:
@@ -68,6 +121,7 @@ class ModelInfo:
             input_shape=list(body.get("input", {}).get("shape", [])),
             classes=list(body.get("classes", [])),
             state=body.get("state", "AVAILABLE"),
+            out_of_distribution=OutOfDistribution.from_json(body.get("out_of_distribution")),
         )
 
 
@@ -96,6 +150,7 @@ class ModelDetail(ModelInfo):
             input_shape=list(body.get("input", {}).get("shape", [])),
             classes=list(body.get("classes", [])),
             state="AVAILABLE" if available else "UNAVAILABLE",
+            out_of_distribution=OutOfDistribution.from_json(body.get("out_of_distribution")),
             versions=versions,
         )
 
@@ -119,12 +174,22 @@ class FileResult:
     class_index: int | None = None
     probability: float | None = None
     top_k: list[ClassScore] = field(default_factory=list)
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    explanation: Explanation | None = field(default=None, repr=False)
+    heatmap: str | None = None  # where its explanation's heatmap PNG was written, if it was
     error: str | None = None
     code: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.code is None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
 
 
 def _decode_png(encoded: Any) -> bytes | None:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pixelgate import __version__
@@ -63,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="classify image files and folders",
-        description="Classify images; folders are searched for image files.",
+        description="Classify images; folders are searched for image files. IN-DIST is 'no' when an "
+        "image looks unlike the model's training data (its OOD SCORE is above the version's threshold: "
+        "the label is then a guess), '-' when the model version has no such score.",
     )
     predict.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     predict.add_argument("--model", "-m", required=True, help="model name, e.g. mnist")
@@ -75,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", "-o", help="also write the results to this .csv or .json file")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.add_argument("--no-recursive", action="store_true", help="only the folders' own files")
+    predict.add_argument(
+        "--explain",
+        action="store_true",
+        help="also ask why: write one heatmap PNG per image (where the pixels pushed the model towards "
+        "its label) to --explain-dir",
+    )
+    predict.add_argument(
+        "--explain-dir",
+        metavar="DIR",
+        help="where --explain writes the heatmaps (implies --explain): each image's path below the "
+        "images' common folder + .heatmap.png; default: beside --output, as <its name>-heatmaps/, "
+        "else ./heatmaps/",
+    )
 
     models = commands.add_parser("models", help="list the served models")
     model = commands.add_parser("model", help="one model's metadata and versions")
@@ -116,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
+    heatmap_dir = _heatmap_dir(args)
     files = find_images(args.paths, recursive=not args.no_recursive)
+    if heatmap_dir is not None:  # heatmaps of an earlier run are not images to classify
+        files = [file for file in files if not _is_within(file, heatmap_dir)]
     if not files:
         raise ValueError(f"no image files (.png, .jpg, .gif, .bmp, .webp, .tif) in {' '.join(args.paths)}")
     started = time.perf_counter()
@@ -129,6 +148,8 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         output=args.output,
         progress=not args.no_progress and len(files) > 1,
+        explain=heatmap_dir is not None,
+        heatmap_dir=heatmap_dir,
     )
     elapsed = time.perf_counter() - started
     failed = sum(not r.ok for r in results)
@@ -141,21 +162,53 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
         plural = "" if len(results) == 1 else "s"
         by = f" by {', '.join(served)}" if served else ""
         written = f"; results written to {args.output}" if args.output else ""
+        if heatmap_dir is not None:
+            heatmaps = sum(r.heatmap is not None for r in results)
+            written += f"; {heatmaps} heatmap{'' if heatmaps == 1 else 's'} written to {heatmap_dir}"
         print(
-            f"{len(results)} image{plural}: {len(results) - failed} classified, {failed} failed "
-            f"in {elapsed:.2f}s ({rate:.1f} images/s){by}{written}",
+            f"{len(results)} image{plural}: {len(results) - failed} classified, {failed} failed"
+            f"{_flagged(results)} in {elapsed:.2f}s ({rate:.1f} images/s){by}{written}",
             file=sys.stderr,
         )
     return 1 if failed else 0
 
 
+def _heatmap_dir(args: argparse.Namespace) -> Path | None:
+    if args.explain_dir:
+        return Path(args.explain_dir)
+    if not args.explain:
+        return None
+    if args.output:
+        output = Path(args.output)
+        return output.with_name(f"{output.stem}-heatmaps")
+    return Path("heatmaps")
+
+
+def _is_within(file: Path, folder: Path) -> bool:
+    file_path, folder_path = os.path.abspath(file), os.path.abspath(folder)
+    return os.path.commonpath([file_path, folder_path]) == folder_path
+
+
+def _flagged(results: list[FileResult]) -> str:
+    """The summary's count of images flagged out of distribution; nothing when the model version
+    flags none at all (exported without a score)."""
+    flags = [r.in_distribution for r in results if r.ok and r.in_distribution is not None]
+    return f", {flags.count(False)} out of distribution" if flags else ""
+
+
 def _print_table(results: list[FileResult]) -> None:
     width = min(60, max(len(r.path) for r in results))  # longer paths are printed whole, unaligned
+    print(f"{'PATH':<{width}}  {'LABEL':<12} {'PROB':>7}  {'IN-DIST':<7}  {'OOD SCORE':>9}  OTHERS")
     for result in results:
         path = result.path
         if result.ok:
+            flag = {True: "yes", False: "no", None: "-"}[result.in_distribution]
+            score = "-" if result.ood_score is None else f"{result.ood_score:.2f}"
             others = "  ".join(f"{s.label} {s.probability:.1%}" for s in result.top_k[1:])
-            print(f"{path:<{width}}  {result.label:<12} {result.probability or 0:>7.1%}  {others}".rstrip())
+            print(
+                f"{path:<{width}}  {result.label:<12} {result.probability or 0:>7.1%}  {flag:<7}  "
+                f"{score:>9}  {others}".rstrip()
+            )
         else:
             print(f"{path:<{width}}  error: {result.error} ({result.code})")
 
@@ -188,6 +241,13 @@ def _print_model(model: ModelDetail, as_json: bool) -> None:
         f"{model.name}: latest v{model.version}, input {'x'.join(map(str, model.input_shape)) or '-'}, "
         f"{len(model.classes)} classes ({', '.join(model.classes)})"
     )
+    ood = model.out_of_distribution
+    if ood is None:
+        print("out-of-distribution flag: none (this version was exported without a score)")
+    else:
+        rate = ood.target_in_distribution_flag_rate
+        calibrated = f", calibrated to flag {rate:.0%} of in-distribution images" if rate is not None else ""
+        print(f"out-of-distribution flag: {ood.method} score above {ood.threshold:.4g}{calibrated}")
     _print_rows(
         [("VERSION", "STATE", "ERROR")] + [(str(v.version), v.state, v.error) for v in model.versions]
     )

@@ -218,12 +218,14 @@ async function predict(blob) {
   const sequence = ++state.sequence;  // answers to older requests are dropped when they arrive late
   const form = new FormData();
   form.append("image", blob, blob.name || "image.png");
+  const explain = $("explain").checked;
   const query = new URLSearchParams({ top_k: $("top-k").value || "3", debug: "true" });
+  if (explain) query.set("explain", "true");
   $("result").dataset.state = "loading";
   const started = performance.now();
   try {
     const body = await api(`/v1/models/${encodeURIComponent(model.name)}:predict?${query}`, { method: "POST", body: form });
-    if (sequence === state.sequence) showPrediction(body, performance.now() - started);
+    if (sequence === state.sequence) showPrediction(body, performance.now() - started, explain);
   } catch (error) {
     if (sequence === state.sequence) showError(error);
   }
@@ -234,14 +236,20 @@ function percent(probability) {
   return value >= 99.95 ? "100%" : value >= 0.1 ? `${value.toFixed(1)}%` : "<0.1%";
 }
 
-function showPrediction(body, milliseconds) {
+function showPrediction(body, milliseconds, explained) {
   const prediction = body.predictions[0];
   $("error").hidden = true;
   const label = $("result-label");
   label.textContent = prediction.label;
   label.classList.toggle("long", prediction.label.length > 2);
   $("result-probability").textContent = `${percent(prediction.probability)} sure`;
-  $("result-served").textContent = `${body.model} v${body.version} · ${Math.round(milliseconds)} ms`;
+  const info = state.models.find((m) => m.name === body.model && m.version === body.version);
+  const ood = info && info.out_of_distribution;
+  const score = typeof prediction.ood_score === "number"
+    ? ` · OOD score ${prediction.ood_score.toFixed(2)}${ood ? ` (flagged above ${ood.threshold.toFixed(2)})` : ""}`
+    : "";
+  $("result-served").textContent = `${body.model} v${body.version} · ${Math.round(milliseconds)} ms${score}`;
+  showDistributionNotice(prediction, body.model);
   const bars = $("bars");
   bars.innerHTML = "";
   prediction.top_k.forEach((score, index) => {
@@ -255,6 +263,7 @@ function showPrediction(body, milliseconds) {
     bars.append(row);
   });
   showPreprocessed(prediction.preprocessed, body.model);
+  showExplanation(prediction, explained);
   $("result").dataset.answers = String(Number($("result").dataset.answers || 0) + 1);  // lets tests wait for a fresh answer
   $("result").dataset.state = "done";
 }
@@ -279,6 +288,51 @@ function showPreprocessed(encoded, model) {
   }
 }
 
+// What the model's training images are, in words, for "this does not look like …".
+function trainingImagesNoun(model) {
+  const name = model ? model.name.toLowerCase() : "";
+  const classes = model ? model.classes : [];
+  if (name.includes("fashion")) return "a clothing item";
+  if (name.includes("mnist") || (model && isDigits(model))) return "a handwritten digit";
+  if (name.includes("cifar") && classes.length > 0) {
+    return `a photo of one of its ${classes.length} classes (${classes.slice(0, 3).join(", ")}, …)`;
+  }
+  return "the images this model was trained on";
+}
+
+// in_distribution: true, false, or null for a model version exported without a score (no notice then).
+function showDistributionNotice(prediction, modelName) {
+  const unlike = prediction.in_distribution === false;
+  $("result").dataset.inDistribution = String(prediction.in_distribution ?? "unknown");
+  $("ood-notice").hidden = !unlike;
+  if (!unlike) return;
+  const model = state.models.find((m) => m.name === modelName);
+  $("ood-title").textContent = `This does not look like ${trainingImagesNoun(model)}.`;
+  $("ood-detail").textContent = `“${prediction.label}” is only the closest of the classes the model knows: ` +
+    "it was not trained on images like this one, so do not trust the label.";
+}
+
+// The heatmap (explain=true) lies over the image the model saw: same size, CSS opacity.
+function showExplanation(prediction, requested) {
+  const heatmap = $("heatmap");
+  const caption = $("explain-caption");
+  const explanation = prediction.explanation;
+  if (explanation && typeof explanation.heatmap_png === "string" && explanation.heatmap_png.length > 0) {
+    const encoded = explanation.heatmap_png;
+    heatmap.src = encoded.startsWith("data:") ? encoded : `data:image/png;base64,${encoded}`;
+    heatmap.hidden = false;
+    const method = String(explanation.method || "saliency").replace(/_/g, " ");
+    caption.textContent = `Overlay (${method}): strongest where the pixels pushed the model towards ` +
+      `“${prediction.label}”. Point at it to see the image alone.`;
+    caption.hidden = false;
+  } else {
+    heatmap.hidden = true;
+    heatmap.removeAttribute("src");
+    caption.textContent = "this gateway returned no explanation (explain=true)";
+    caption.hidden = !requested;
+  }
+}
+
 function showError(error) {
   const box = $("error");
   box.hidden = false;
@@ -298,6 +352,10 @@ function resetResult() {
   $("preprocessed").hidden = true;
   $("preprocessed-placeholder").hidden = false;
   $("preprocessed-placeholder").textContent = "no image yet";
+  $("ood-notice").hidden = true;
+  $("heatmap").hidden = true;
+  $("explain-caption").hidden = true;
+  delete $("result").dataset.inDistribution;
   $("result").dataset.state = "idle";
 }
 
@@ -314,6 +372,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-upload").addEventListener("click", () => selectTab("upload"));
   $("model-select").addEventListener("change", () => onModelChange(true));
   $("top-k").addEventListener("change", () => { if (state.input) predict(state.input); });
+  $("explain").checked = localStorage.getItem("pixelgate.explain") === "true";
+  $("explain").addEventListener("change", () => {
+    localStorage.setItem("pixelgate.explain", String($("explain").checked));
+    if (state.input) predict(state.input);
+  });
   $("token-save").addEventListener("click", () => {
     state.token = $("token-input").value.trim();
     sessionStorage.setItem("pixelgate.token", state.token);
