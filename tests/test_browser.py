@@ -1,6 +1,7 @@
 """The try-it page in a real headless Chromium (Debian's chromium + chromium-driver, driven by
 Selenium with the system driver, no downloads): draw a digit, upload real test images, see the
-answers the API gives. Screenshots go to reports/screenshots/ (git-ignored).
+answers the API gives, the notice for images unlike the training data and the explanation's
+heatmap. Screenshots go to reports/screenshots/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import base64
 import os
 import shutil
 
+import numpy as np
 import pytest
 from pixelgate import Client
 
@@ -188,6 +190,86 @@ def test_upload_real_test_images(page, gateway_url, test_images, tmp_path):
     check_preprocessed_shown(page, expected)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.save_screenshot(str(SCREENSHOTS / "upload-cifar10.png"))
+    assert severe_console_errors(page) == []
+
+
+def upload(driver, path) -> str:
+    """Upload the file on the page; return the state of the answer it shows."""
+    driver.find_element("id", "tab-upload").click()
+    before = answers(driver)
+    driver.find_element("id", "file-input").send_keys(str(path))
+    return wait_for_answer(driver, before)
+
+
+def test_an_image_unlike_the_training_data_gets_a_notice(page, gateway_url, test_images, tmp_path):
+    """Noise and a blank frame are no digits and no clothes: the page says so, in the model's words;
+    a real digit the API finds in distribution gets no notice."""
+    noise = np.random.default_rng(7).integers(0, 256, (28, 28, 1), dtype=np.uint8)
+    (tmp_path / "noise.png").write_bytes(encode(noise))
+    (tmp_path / "blank.png").write_bytes(encode(np.zeros((28, 28, 1), np.uint8)))
+    images, _ = test_images["mnist"]
+    with Client(gateway_url) as client:
+        flags = [
+            p.in_distribution
+            for p in client.predict([encode(i) for i in images[:20]], model="mnist").predictions
+        ]
+    (tmp_path / "digit.png").write_bytes(encode(images[flags.index(True)]))
+    notice = page.find_element("id", "ood-notice")
+
+    choose_model(page, "mnist")
+    for name in ("noise.png", "blank.png"):
+        assert upload(page, tmp_path / name) == "done"
+        assert notice.is_displayed(), name
+        assert "does not look like a handwritten digit" in notice.text
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.save_screenshot(str(SCREENSHOTS / "out-of-distribution-mnist.png"))
+    assert upload(page, tmp_path / "digit.png") == "done"
+    assert not notice.is_displayed()
+    assert "OOD score" in page.find_element("id", "result-served").text
+
+    before = answers(page)
+    choose_model(page, "fashion_mnist")  # asks again for the digit shown
+    wait_for_answer(page, before)
+    assert upload(page, tmp_path / "blank.png") == "done"
+    assert notice.is_displayed() and "does not look like a clothing item" in notice.text
+    assert severe_console_errors(page) == []
+
+
+def test_explain_overlays_the_heatmap_on_the_image_the_model_saw(page, gateway_url, test_images, tmp_path):
+    path = tmp_path / "digit.png"
+    path.write_bytes(encode(test_images["mnist"][0][0]))
+    choose_model(page, "mnist")
+    explain = page.find_element("id", "explain")
+    heatmap = page.find_element("id", "heatmap")
+    assert not explain.is_selected()
+    assert upload(page, path) == "done" and not heatmap.is_displayed()
+
+    before = answers(page)
+    explain.click()  # asks again, with explain=true
+    assert wait_for_answer(page, before) == "done"
+    assert heatmap.is_displayed()
+    with Client(gateway_url) as client:
+        expected = client.predict(path, model="mnist", explain=True).predictions[0]
+    assert expected.explanation is not None
+    assert page.find_element("id", "result-label").text == expected.label
+    png = base64.b64decode(heatmap.get_attribute("src").split(",", 1)[1])
+    assert png.startswith(b"\x89PNG")
+    wait_until(page, lambda d: heatmap.get_property("naturalWidth") == 28, "the heatmap is not 28 wide")
+    # Over the image the model saw, box for box, and see-through.
+    seen = page.find_element("id", "preprocessed").rect
+    for key in ("x", "y", "width", "height"):
+        assert heatmap.rect[key] == pytest.approx(seen[key], abs=1), key
+    opacity = float(page.execute_script("return getComputedStyle(arguments[0]).opacity", heatmap))
+    assert 0.2 <= opacity <= 0.8
+    caption = page.find_element("id", "explain-caption")
+    assert caption.is_displayed() and expected.label in caption.text
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.save_screenshot(str(SCREENSHOTS / "explain-mnist.png"))
+
+    before = answers(page)
+    explain.click()  # unticked: asks again without, and the page remembers it (for the other tests too)
+    assert wait_for_answer(page, before) == "done"
+    assert not heatmap.is_displayed()
     assert severe_console_errors(page) == []
 
 

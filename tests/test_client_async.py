@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from PIL import Image
 from pixelgate import AsyncClient, Client, ModelDetail, PixelgateError
@@ -107,3 +108,36 @@ def test_async_predict_folder_stops_when_the_model_is_unknown(gateway_url, test_
     with pytest.raises(PixelgateError) as raised:
         asyncio.run(run())
     assert raised.value.code == "model_not_found"
+
+
+def test_async_flags_and_explanations(gateway_url, test_images, tmp_path):
+    """A real Fashion item and a blank frame, explained; then a folder with its heatmaps written."""
+    item = encode(test_images["fashion_mnist"][0][0])
+    blank = encode(np.zeros((28, 28, 1), np.uint8))
+    for name, data in (("item.png", item), ("blank.png", blank)):
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+
+    async def run():
+        async with AsyncClient(gateway_url) as client:
+            result = await client.predict([item, blank], model="fashion_mnist", explain=True)
+            files = await client.predict_folder(
+                tmp_path / "in",
+                model="fashion_mnist",
+                explain=True,
+                heatmap_dir=tmp_path / "maps",
+                progress=False,
+            )
+            return result, files
+
+    result, files = asyncio.run(run())
+    real, empty = result.predictions
+    assert empty.in_distribution is False and empty.ood_score > real.ood_score
+    assert all(p.explanation is not None and p.explanation.shape == (28, 28) for p in result.predictions)
+    assert [(f.path, f.in_distribution) for f in files] == [
+        (str(tmp_path / "in" / "blank.png"), False),
+        (str(tmp_path / "in" / "item.png"), real.in_distribution),
+    ]
+    for file in files:
+        assert file.heatmap == str(tmp_path / "maps" / (file.path.rsplit("/", 1)[1] + ".heatmap.png"))
+        assert Image.open(file.heatmap).size == (28, 28)

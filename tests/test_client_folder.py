@@ -92,7 +92,8 @@ def test_cli_predicts_a_folder_with_a_progress_bar(gateway_url, digits_folder, t
     )
     out, err = capsys.readouterr()
     assert status == 1  # one file is not an image
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header.split() == ["PATH", "LABEL", "PROB", "IN-DIST", "OOD", "SCORE", "OTHERS"]
     assert len(lines) == 11
     assert lines[0].startswith(str(digits_folder / "00-label7.png")) and lines[0].split()[1] == "7"
     assert "error:" in lines[10] and "invalid_image" in lines[10]
@@ -172,4 +173,52 @@ def test_the_installed_command_runs(gateway_url, digits_folder):
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 2 and "2 images: 2 classified, 0 failed" in done.stderr
+    assert len(done.stdout.splitlines()) == 3 and "2 images: 2 classified, 0 failed" in done.stderr
+
+
+def test_cli_flags_foreign_images_and_writes_heatmaps_beside_its_results(
+    gateway_url, digits_folder, tmp_path, capsys
+):
+    """Ten real digits, a blank frame and a broken file: IN-DIST per image, the count of flagged
+    ones in the summary, and --explain's heatmaps in results-heatmaps/, mirroring the folder."""
+    import numpy as np
+    from PIL import Image
+
+    (digits_folder / "blank.png").write_bytes(encode(np.zeros((28, 28, 1), np.uint8)))
+    output = tmp_path / "results.csv"
+    status = cli_main(
+        ["--url", gateway_url, "predict", str(digits_folder), "-m", "mnist", "-o", str(output), "--explain"]
+    )
+    out, err = capsys.readouterr()
+    assert status == 1  # the broken file
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows[str(digits_folder / "blank.png")][3] == "no"
+    flags = [row[3] for path, row in rows.items() if not path.endswith("zz-broken.png")]
+    assert set(flags) <= {"yes", "no"} and len(flags) == 11
+    assert f"12 images: 11 classified, 1 failed, {flags.count('no')} out of distribution in" in err
+    heatmaps = tmp_path / "results-heatmaps"
+    assert f"11 heatmaps written to {heatmaps}" in err
+    written = sorted(str(path.relative_to(heatmaps)) for path in heatmaps.rglob("*.png"))
+    assert "more/08-label" in " ".join(written) and "blank.png.heatmap.png" in written and len(written) == 11
+    assert all(Image.open(heatmaps / name).size == (28, 28) for name in written)
+    with open(output, newline="") as file:
+        table = {row["path"]: row for row in csv.DictReader(file)}
+    assert table[str(digits_folder / "blank.png")]["in_distribution"] == "false"
+    assert table[str(digits_folder / "blank.png")]["heatmap"] == str(heatmaps / "blank.png.heatmap.png")
+    assert table[str(digits_folder / "zz-broken.png")]["heatmap"] == ""
+
+    # A second run, its heatmaps inside the folder: the first run's heatmaps are not classified.
+    arguments = [
+        "--url",
+        gateway_url,
+        "predict",
+        str(digits_folder),
+        "-m",
+        "mnist",
+        "--no-progress",
+        "--json",
+    ]
+    for _ in range(2):
+        cli_main([*arguments, "--explain-dir", str(digits_folder / "maps")])
+        assert len(json.loads(capsys.readouterr().out)) == 12
+    assert len(list((digits_folder / "maps").rglob("*.heatmap.png"))) == 11

@@ -1,5 +1,6 @@
 """The Python SDK's `Client` against the live test stack: every kind of image input, batches,
-top-k, versions, metadata, health, the debug image, and the errors the gateway answers.
+top-k, versions, metadata, health, the debug image, out-of-distribution flags, explanations,
+and the errors the gateway answers.
 """
 
 from __future__ import annotations
@@ -108,6 +109,61 @@ def test_debug_returns_the_image_the_model_saw_when_the_gateway_supports_it(gate
         pytest.skip("this gateway does not return preprocessed images yet (debug=true)")
     for image in seen:
         assert image is not None and Image.open(io.BytesIO(image)).size == (28, 28)
+
+
+def foreign_digit_inputs() -> list[bytes]:
+    """Uploads that are no digit: a blank frame and uniform noise (which the digit normalization
+    reduces to a nearly empty frame, out of distribution by definition)."""
+    noise = np.random.default_rng(31).integers(0, 256, (28, 28, 1), dtype=np.uint8)
+    return [encode(np.zeros((28, 28, 1), np.uint8)), encode(noise)]
+
+
+def test_every_answer_says_whether_the_image_looks_like_the_training_data(gateway_url, test_images):
+    images, _ = test_images["mnist"]
+    with Client(gateway_url) as client:
+        threshold = client.model("mnist").out_of_distribution
+        listed = {model.name: model.out_of_distribution for model in client.models()}
+        digits = client.predict([encode(image) for image in images[:40]], model="mnist").predictions
+        foreign = client.predict(foreign_digit_inputs(), model="mnist").predictions
+    assert threshold is not None and threshold == listed["mnist"]
+    assert threshold.method and threshold.target_in_distribution_flag_rate == pytest.approx(0.05)
+    assert all(listed[name] is not None for name in ("fashion_mnist", "cifar10"))
+    for prediction in digits + foreign:
+        assert isinstance(prediction.in_distribution, bool) and isinstance(prediction.ood_score, float)
+        assert prediction.in_distribution is (prediction.ood_score <= threshold.threshold), prediction
+    # Calibrated to flag about 5 % of (validation) digits; a blank frame and noise are no digits.
+    assert sum(p.in_distribution is True for p in digits) >= 0.8 * len(digits)
+    assert [p.in_distribution for p in foreign] == [False, False]
+    assert min(p.ood_score for p in foreign) > float(np.median([p.ood_score for p in digits]))
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_explain_answers_a_saliency_map_and_heatmap_of_the_model_input(gateway_url, test_images, name):
+    images = test_images[name][0][:2]
+    height, width = images.shape[1:3]
+    with Client(gateway_url) as client:
+        explained = client.predict([encode(image) for image in images], model=name, explain=True)
+        plain = client.predict([encode(image) for image in images], model=name)
+    assert [p.label for p in explained.predictions] == [p.label for p in plain.predictions]
+    assert all(p.explanation is None for p in plain.predictions)
+    for prediction in explained.predictions:
+        explanation = prediction.explanation
+        assert explanation is not None and explanation.method
+        assert explanation.shape == (height, width)
+        values = [value for row in explanation.saliency for value in row]
+        assert min(values) >= 0 and max(values) > 0
+        assert explanation.heatmap_png is not None
+        heatmap = Image.open(io.BytesIO(explanation.heatmap_png))
+        assert heatmap.format == "PNG" and heatmap.size == (width, height) and heatmap.mode in ("RGB", "RGBA")
+
+
+def test_an_explained_request_holds_a_few_images_at_most(gateway_url, test_images):
+    batch = [encode(image) for image in test_images["mnist"][0][:33]]  # more than any "few"
+    with Client(gateway_url) as client:
+        with pytest.raises(PixelgateError) as raised:
+            client.predict(batch, model="mnist", explain=True)
+        assert len(client.predict(batch, model="mnist").predictions) == 33  # unexplained: fine
+    assert (raised.value.status, raised.value.code) == (400, "too_many_images_to_explain")
 
 
 @pytest.mark.parametrize(
