@@ -139,8 +139,8 @@ def _serving_module(model, spec, asset_source, ood_score=None):
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(images):
-            probabilities, features = classifier(images)
-            return {OUTPUT_KEY: probabilities, ood.OUTPUT_KEY: ood.ood_scores(ood_score, images, features)}
+            probabilities, features, logits = classifier(images)
+            return {OUTPUT_KEY: probabilities, ood.OUTPUT_KEY: ood.ood_scores(ood_score, images, features, logits)}
 
     @tf.function(input_signature=[image_spec], autograph=False)
     def explain(images):

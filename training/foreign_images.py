@@ -6,6 +6,7 @@ size; `as_served(images, preprocessing)` runs any such images through the gatewa
 preprocessing (PNG bytes in, the model's input out), which is what the served model sees.
 """
 
+import functools
 import io
 
 import numpy as np
@@ -101,7 +102,7 @@ def _glyph(rng, spec):
     mode = "L" if spec.channels == 1 else "RGB"
     background, ink = _two_colours(rng, spec.channels)
     canvas = Image.new(mode, (size, size), background)
-    font = ImageFont.load_default(size=int(rng.integers(size // 2, size * 9 // 10)))
+    font = _font(int(rng.integers(size // 2, size * 9 // 10)))
     character = GLYPHS[int(rng.integers(len(GLYPHS)))]
     draw = ImageDraw.Draw(canvas)
     left, top, right, bottom = draw.textbbox((0, 0), character, font=font)
@@ -111,6 +112,11 @@ def _glyph(rng, spec):
               stroke_fill=ink)
     canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BICUBIC, fillcolor=background)
     return _from_pil(canvas.resize((spec.width, spec.height), Image.Resampling.LANCZOS), spec)
+
+
+@functools.lru_cache(maxsize=128)
+def _font(size):
+    return ImageFont.load_default(size=size)
 
 
 def _two_colours(rng, channels):

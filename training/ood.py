@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from .models import FlipAveraging, TemperatureScaling
 
-METHOD = "max-standardized(mahalanobis, input-pca)"
+COMPONENTS = ("energy",)  # of "energy", "mahalanobis", "input_pca": see the module's docstring
 OUTPUT_KEY = "ood_score"
 ASSET = "ood.json"
 TARGET_FLAG_RATE = 0.05
@@ -30,17 +30,17 @@ FOREGROUND_LEVEL = 0.5  # light-on-dark data sets: a pixel above this is foregro
 
 @dataclasses.dataclass
 class OodScore:
-    """The fitted score: float32 arrays for the graph, and what ood.json says about them."""
+    """The fitted score: float32 arrays for the graph (those of its components), and what ood.json says."""
 
-    feature_mean: np.ndarray  # [D]
-    feature_projection: np.ndarray  # [D, k]: top principal directions, scaled
-    feature_cross: np.ndarray  # [D, classes]
-    class_offsets: np.ndarray  # [classes]
-    residual_precision: float  # 1 / the variance shared by the other directions
-    input_mean: np.ndarray  # [H*W*C]
-    input_basis: np.ndarray  # [H*W*C, m]
     standardization: dict  # component -> (mean, standard deviation) on the validation split
-    min_foreground_pixels: int  # light-on-dark: fewer foreground pixels than this is an empty frame
+    min_foreground_pixels: int = 0  # light-on-dark: fewer foreground pixels than this is an empty frame
+    feature_mean: np.ndarray | None = None  # mahalanobis: [D]
+    feature_projection: np.ndarray | None = None  # [D, k]: top principal directions, scaled
+    feature_cross: np.ndarray | None = None  # [D, classes]
+    class_offsets: np.ndarray | None = None  # [classes]
+    residual_precision: float = 0.0  # 1 / the variance shared by the other directions
+    input_mean: np.ndarray | None = None  # input_pca: [H*W*C]
+    input_basis: np.ndarray | None = None  # [H*W*C, m]
     threshold: float = float("nan")
     calibration: dict = dataclasses.field(default_factory=dict)
 
@@ -49,12 +49,17 @@ class OodScore:
         return {
             "output_key": OUTPUT_KEY,
             "threshold": self.threshold,
-            "method": METHOD,
+            "method": method_name(self.standardization),
             "target_in_distribution_flag_rate": TARGET_FLAG_RATE,
             "calibration": self.calibration,
             "empty_frame": {"min_range": MIN_RANGE, "foreground_level": FOREGROUND_LEVEL,
                             "min_foreground_pixels": self.min_foreground_pixels, "score_added": EMPTY_SCORE},
         }
+
+
+def method_name(components):
+    components = list(components)
+    return f"max-standardized({', '.join(components)})" if len(components) > 1 else components[0]
 
 
 def classifier_parts(serving_model):
@@ -70,13 +75,17 @@ def classifier_parts(serving_model):
 
 
 class FeatureClassifier:
-    """images -> (probabilities exactly as the serving model answers them, penultimate features),
+    """images -> (probabilities exactly as the serving model answers them, penultimate features, logits),
     from one pass through the network."""
 
     def __init__(self, serving_model):
         core, self.flip, temperature = classifier_parts(serving_model)
-        classifier = [layer for layer in core.layers if isinstance(layer, keras.layers.Dense)][-1]
-        self.network = keras.Model(core.inputs, [core.output, classifier.input])
+        self.classifier = [layer for layer in core.layers if isinstance(layer, keras.layers.Dense)][-1]
+        # Between the classifier and the softmax, the residual networks scale their logits.
+        following = core.layers[core.layers.index(self.classifier) + 1:]
+        self.logit_scale = float(np.prod([layer.scale for layer in following
+                                          if isinstance(layer, keras.layers.Rescaling)]))
+        self.network = keras.Model(core.inputs, [core.output, self.classifier.input])
         self.temperature = TemperatureScaling(temperature) if temperature is not None else None
 
     def __call__(self, images):
@@ -87,20 +96,36 @@ class FeatureClassifier:
             features = (features + mirrored_features) / 2
         if self.temperature is not None:
             probabilities = self.temperature(probabilities)
-        return probabilities, features
+        logits = tf.matmul(features, self.classifier.kernel)
+        if self.classifier.use_bias:
+            logits = logits + self.classifier.bias
+        return probabilities, features, logits * self.logit_scale
 
     def predict(self, images, batch_size=500):
-        """numpy (probabilities, features) for float32 images."""
+        """numpy (probabilities, features, logits) for float32 images."""
         batches = [self(tf.constant(images[start:start + batch_size]))
                    for start in range(0, len(images), batch_size)]
-        return (np.concatenate([np.asarray(p) for p, _ in batches]),
-                np.concatenate([np.asarray(f) for _, f in batches]))
+        return tuple(np.concatenate([np.asarray(batch[part]) for batch in batches]) for part in range(3))
 
 
-def fit_ood_score(features, labels, images, num_classes, *, light_on_dark):
+def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, components=COMPONENTS):
     """Fit on training images (float32 [N, H, W, C]), their features and labels; not yet standardized
     or calibrated (see `calibrate`)."""
-    features = np.asarray(features, np.float64)
+    score = OodScore(standardization={component: (0.0, 1.0) for component in components})
+    flat = np.asarray(images, np.float32).reshape(len(images), -1)
+    if light_on_dark:
+        counts = (flat > FOREGROUND_LEVEL).sum(axis=1)
+        score.min_foreground_pixels = int(0.5 * np.percentile(counts, 0.01))  # half the sparsest training image's
+    if "mahalanobis" in components:
+        _fit_mahalanobis(score, np.asarray(features, np.float64), labels, num_classes)
+    if "input_pca" in components:
+        score.input_mean = flat.mean(axis=0)
+        _, _, directions = np.linalg.svd(flat - score.input_mean, full_matrices=False)
+        score.input_basis = directions[:INPUT_COMPONENTS].T.astype(np.float32)
+    return score
+
+
+def _fit_mahalanobis(score, features, labels, num_classes):
     mean = features.mean(axis=0)
     centered = features - mean
     class_means = np.stack([centered[labels == label].mean(axis=0) if np.any(labels == label)
@@ -116,47 +141,37 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark):
     # d_c = ||f||² / rest - ||f B||² + (f C)_c + offset_c for centred features f: the squared distance to
     # class mean c with the covariance's top k directions exact and the rest of variance `rest`.
     vectors = eigenvectors[:, :k]
-    projection = vectors * np.sqrt(np.maximum(1 / rest - 1 / top, 0))
     projected_means = class_means @ vectors  # [classes, k]
-    cross = -2 * (vectors @ (projected_means / top).T) + 2 * (vectors @ projected_means.T) / rest \
-        - 2 * class_means.T / rest
-    offsets = ((projected_means ** 2 / top).sum(axis=1)
-               + ((class_means ** 2).sum(axis=1) - (projected_means ** 2).sum(axis=1)) / rest)
-
-    flat = np.asarray(images, np.float64).reshape(len(images), -1)
-    input_mean = flat.mean(axis=0)
-    _, _, components = np.linalg.svd(flat - input_mean, full_matrices=False)
-    m = min(INPUT_COMPONENTS, len(components))
-
-    min_foreground = 0
-    if light_on_dark:
-        counts = (flat > FOREGROUND_LEVEL).sum(axis=1)
-        min_foreground = int(0.5 * np.percentile(counts, 0.01))  # half the sparsest training image's
-    return OodScore(
-        feature_mean=mean.astype(np.float32), feature_projection=projection.astype(np.float32),
-        feature_cross=cross.astype(np.float32), class_offsets=offsets.astype(np.float32),
-        residual_precision=1 / rest, input_mean=input_mean.astype(np.float32),
-        input_basis=components[:m].T.astype(np.float32),
-        standardization={"mahalanobis": (0.0, 1.0), "input_pca": (0.0, 1.0)},
-        min_foreground_pixels=min_foreground,
-    )
+    score.feature_mean = mean.astype(np.float32)
+    score.feature_projection = (vectors * np.sqrt(np.maximum(1 / rest - 1 / top, 0))).astype(np.float32)
+    score.feature_cross = (-2 * (vectors @ (projected_means / top).T) + 2 * (vectors @ projected_means.T) / rest
+                           - 2 * class_means.T / rest).astype(np.float32)
+    score.class_offsets = ((projected_means ** 2 / top).sum(axis=1)
+                           + ((class_means ** 2).sum(axis=1) - (projected_means ** 2).sum(axis=1)) / rest
+                           ).astype(np.float32)
+    score.residual_precision = 1 / rest
 
 
-def component_scores(score, images, features):
+def component_scores(score, images, features, logits):
     """{component: raw score [N]} in float32 TensorFlow ops, as the graph computes them."""
-    features = tf.convert_to_tensor(features, tf.float32) - score.feature_mean
-    weights = tf.constant(np.concatenate([score.feature_projection, score.feature_cross], axis=1))
-    k = score.feature_projection.shape[1]
-    combined = tf.matmul(features, weights)
-    per_image = (tf.reduce_sum(tf.square(features), axis=1) * np.float32(score.residual_precision)
-                 - tf.reduce_sum(tf.square(combined[:, :k]), axis=1))
-    distances = per_image[:, None] + combined[:, k:] + score.class_offsets
-    mahalanobis = tf.reduce_min(distances, axis=1)
-
-    flat = tf.reshape(images, [tf.shape(images)[0], -1]) - score.input_mean
-    reconstructed = tf.matmul(flat, score.input_basis)
-    residual = tf.reduce_sum(tf.square(flat), axis=1) - tf.reduce_sum(tf.square(reconstructed), axis=1)
-    return {"mahalanobis": mahalanobis, "input_pca": residual}
+    scores = {}
+    if "energy" in score.standardization:
+        scores["energy"] = -tf.reduce_logsumexp(logits, axis=1)
+    if "mahalanobis" in score.standardization:
+        features = tf.convert_to_tensor(features, tf.float32) - score.feature_mean
+        weights = tf.constant(np.concatenate([score.feature_projection, score.feature_cross], axis=1))
+        k = score.feature_projection.shape[1]
+        combined = tf.matmul(features, weights)
+        per_image = (tf.reduce_sum(tf.square(features), axis=1) * np.float32(score.residual_precision)
+                     - tf.reduce_sum(tf.square(combined[:, :k]), axis=1))
+        distances = per_image[:, None] + combined[:, k:] + score.class_offsets
+        scores["mahalanobis"] = tf.reduce_min(distances, axis=1)
+    if "input_pca" in score.standardization:
+        flat = tf.reshape(images, [tf.shape(images)[0], -1]) - score.input_mean
+        reconstructed = tf.matmul(flat, score.input_basis)
+        scores["input_pca"] = (tf.reduce_sum(tf.square(flat), axis=1)
+                               - tf.reduce_sum(tf.square(reconstructed), axis=1))
+    return scores
 
 
 def empty_frames(score, images):
@@ -169,23 +184,23 @@ def empty_frames(score, images):
     return tf.cast(empty, tf.float32)
 
 
-def ood_scores(score, images, features):
+def ood_scores(score, images, features, logits):
     """The score [N]: the larger standardized component, plus EMPTY_SCORE for an empty frame."""
-    components = component_scores(score, images, features)
+    components = component_scores(score, images, features, logits)
     standardized = [(components[name] - np.float32(mean)) / np.float32(deviation)
                     for name, (mean, deviation) in score.standardization.items()]
     return tf.reduce_max(tf.stack(standardized, axis=1), axis=1) + EMPTY_SCORE * empty_frames(score, images)
 
 
-def calibrate(score, images, features, *, split="validation"):
+def calibrate(score, images, features, logits, *, split="validation"):
     """Standardize each component on these in-distribution images, then set the threshold that
     flags TARGET_FLAG_RATE of them; answers the calibrated score."""
     components = {name: np.asarray(value, np.float64)
-                  for name, value in component_scores(score, images, features).items()}
+                  for name, value in component_scores(score, images, features, logits).items()}
     standardization = {name: (float(value.mean()), float(max(value.std(), 1e-6)))
                        for name, value in components.items()}
     score = dataclasses.replace(score, standardization=standardization)
-    scores = np.asarray(ood_scores(score, images, features))
+    scores = np.asarray(ood_scores(score, images, features, logits))
     threshold = float(np.quantile(scores[scores < EMPTY_SCORE / 2], 1 - TARGET_FLAG_RATE))
     return dataclasses.replace(score, threshold=threshold, calibration={
         "split": split, "images": int(len(scores)),
@@ -197,9 +212,9 @@ def scores_in_batches(score, classifier, images, batch_size=500):
     probabilities, scores = [], []
     for start in range(0, len(images), batch_size):
         batch = tf.constant(images[start:start + batch_size])
-        batch_probabilities, features = classifier(batch)
+        batch_probabilities, features, logits = classifier(batch)
         probabilities.append(np.asarray(batch_probabilities))
-        scores.append(np.asarray(ood_scores(score, batch, features)))
+        scores.append(np.asarray(ood_scores(score, batch, features, logits)))
     return np.concatenate(probabilities), np.concatenate(scores)
 
 

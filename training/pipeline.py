@@ -42,13 +42,14 @@ logger = logging.getLogger(__name__)
 
 def train_and_export(name, *, profile="quick", models_dir="models", data_dir=None, architecture="cnn",
                      limit=None, epochs=None, verbose=1, seed=1337, logs_dir=None, resume=False,
-                     precision="auto", latency_runs=50, ood_images=1000):
+                     precision="auto", latency_runs=50, ood_images=None, ood_test_images=None):
     """Train `name` (a data set in DATASETS) and export it; returns the new version directory.
 
     `logs_dir` keeps checkpoints, the per-epoch history and TensorBoard logs of the run in
     `logs_dir/<name>-cnn-<profile>/` (or `<name>-mlp/`); `resume` continues its last checkpoint.
     Versions with a validation split get an out-of-distribution score, measured in the report
-    against `ood_images` foreign images of each kind.
+    against `ood_images` foreign images of each kind and `ood_test_images` test images (default:
+    1,000 and all; 100 and 1,000 for the tiny profile, which is for tests).
     """
     spec = get_spec(name)
     (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
@@ -157,11 +158,14 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         metadata["exact_test_accuracy"] = exact_metrics["accuracy"]
         metadata["exact_test_images"] = int(exact.sum())
 
+    if profile == "tiny":
+        ood_images, ood_test_images = ood_images or 100, ood_test_images or 1000
     ood_score = None
     if settings is not None and settings.validation_fraction:
         ood_score = fit_ood_score(serving_model, name, x_train, y_train, settings.validation_fraction, seed)
         metadata["ood_threshold"] = ood_score.threshold
         metadata["ood_calibration"] = ood_score.calibration
+        metadata["ood_method"] = ood.method_name(ood_score.standardization)
     else:  # the course's MLP trains on every image: nothing is left to calibrate a threshold on
         logger.info("%s: no validation split, exported without an out-of-distribution score", name)
 
@@ -170,7 +174,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             exported = ExportedModel(staging)
             record = {**record, "out_of_distribution": evaluate_ood(
                 exported, name, exported.preprocessing, ood_score.threshold, data_dir=data_dir,
-                count=ood_images, seed=FOREIGN_SEED)}
+                count=ood_images or 1000, test_count=ood_test_images, seed=FOREIGN_SEED)}
         return write_report(staging, record, probabilities=probabilities, labels=y_test,
                             latency_runs=latency_runs)
 
@@ -195,12 +199,12 @@ def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, se
     chosen = np.random.default_rng(seed).permutation(len(fit_images))[:OOD_FIT_IMAGES]
     classifier = ood.FeatureClassifier(serving_model)
     fit_inputs = preprocess(fit_images[chosen])
-    _, features = classifier.predict(fit_inputs)
+    _, features, _ = classifier.predict(fit_inputs)
     score = ood.fit_ood_score(features, fit_labels[chosen], fit_inputs, len(spec.classes),
                               light_on_dark=spec.light_on_dark)
     validation_inputs = as_served(validation_images, preprocessing_spec(spec))
-    _, validation_features = classifier.predict(validation_inputs)
-    score = ood.calibrate(score, validation_inputs, validation_features)
+    _, validation_features, validation_logits = classifier.predict(validation_inputs)
+    score = ood.calibrate(score, validation_inputs, validation_features, validation_logits)
     logger.info("%s: out-of-distribution threshold %.4g, %s", name, score.threshold, score.calibration)
     return score
 

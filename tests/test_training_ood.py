@@ -1,0 +1,195 @@
+"""Tests for the out-of-distribution score and the explanations inside an exported version
+(training/ood.py, training/export.py), the foreign image sets and the OOD report, on a tiny MNIST
+model trained once for the module.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import ood, pipeline
+from training.__main__ import main
+from training.datasets import load_data
+from training.export import ExportedModel, export_model
+from training.foreign_images import as_served, foreign_image_sets
+from training.ood_report import auroc, fpr_at_95_tpr
+
+DATA_DIR = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(version directory, the Keras serving model, the calibrated score) of a tiny MNIST model."""
+    if not (DATA_DIR / "mnist.npz").exists():
+        pytest.skip(f"mnist.npz missing from {DATA_DIR}")
+    models_dir = tmp_path_factory.mktemp("models")
+    exported = {}
+
+    def keep_arguments(model, name, models_dir, **options):
+        exported.update(model=model, score=options.get("ood_score"))
+        return export_model(model, name, models_dir, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "export_model", keep_arguments)
+        version_dir = pipeline.train_and_export("mnist", profile="tiny", models_dir=models_dir, data_dir=DATA_DIR,
+                                                limit=4000, epochs=2, verbose=0, latency_runs=2,
+                                                ood_images=60, ood_test_images=300)
+    return version_dir, exported["model"], exported["score"]
+
+
+@pytest.fixture(scope="module")
+def test_inputs(trained):
+    """The first MNIST test images as the gateway feeds them, with their labels."""
+    _, (x_test, y_test) = load_data("mnist", DATA_DIR)
+    return as_served(x_test[:300], ExportedModel(trained[0]).preprocessing), y_test[:300]
+
+
+def serving_signature(version_dir, name="serving_default"):
+    return tf.saved_model.load(str(version_dir)).signatures[name]
+
+
+def test_serving_default_answers_the_same_probabilities_and_an_ood_score(trained, test_inputs):
+    version_dir, model, score = trained
+    images = test_inputs[0][:40]
+    answer = serving_signature(version_dir)(images=tf.constant(images))
+    assert set(answer) == {"probabilities", "ood_score"}
+    assert answer["probabilities"].shape == (40, 10) and answer["ood_score"].shape == (40,)
+    np.testing.assert_allclose(answer["probabilities"], model.predict(images, verbose=0), atol=1e-5)
+    _, expected = ood.scores_in_batches(score, ood.FeatureClassifier(model), images)
+    np.testing.assert_allclose(answer["ood_score"], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_ood_json_is_an_asset_consistent_with_the_validation_split(trained):
+    version_dir, model, score = trained
+    asset = json.loads((version_dir / "assets" / "ood.json").read_text())
+    assert asset["output_key"] == "ood_score" and asset["target_in_distribution_flag_rate"] == 0.05
+    assert isinstance(asset["threshold"], float) and asset["threshold"] == score.threshold
+    assert isinstance(asset["method"], str) and asset["method"]
+    calibration = asset["calibration"]
+    assert calibration["split"] == "validation" and calibration["images"] == 400  # 10 % of 4,000
+    assert 0.03 <= calibration["in_distribution_flag_rate"] <= 0.07
+    # The asset is tracked by the SavedModel (TF Serving copies it), not a file dropped beside it.
+    saved = tf.saved_model.load(str(version_dir))
+    assert Path(saved.ood.asset_path.numpy().decode()).name == "ood.json"
+    record = json.loads((version_dir / "assets.extra" / "evaluation.json").read_text())
+    assert record["ood_threshold"] == asset["threshold"] and record["ood_calibration"] == calibration
+
+    # The calibration replays: the validation split, preprocessed as served, flags the recorded share.
+    (x_train, y_train), _ = load_data("mnist", DATA_DIR)
+    _, (validation, _) = pipeline.split_validation(x_train[:4000], y_train[:4000], 0.1, 1337)
+    exported = ExportedModel(version_dir)
+    _, scores = exported.predict_with_scores(as_served(validation, exported.preprocessing))
+    assert np.mean(scores > asset["threshold"]) == pytest.approx(calibration["in_distribution_flag_rate"],
+                                                                 abs=0.005)
+
+
+def test_empty_frames_are_out_of_distribution(trained):
+    version_dir, _, _ = trained
+    threshold = json.loads((version_dir / "assets" / "ood.json").read_text())["threshold"]
+    frames = np.zeros((6, 28, 28, 1), np.float32)
+    frames[1] = 1.0
+    frames[2] = 0.5
+    frames[3] = 0.5 + np.random.default_rng(0).uniform(-0.02, 0.02, (28, 28, 1))  # near-constant
+    frames[4, 10:12, 10:12] = 1.0  # four lit pixels: no digit
+    frames[5, 14, 5:9] = 1.0
+    scores = serving_signature(version_dir)(images=tf.constant(frames))["ood_score"].numpy()
+    assert np.all(scores > threshold), scores
+
+
+def test_foreign_images_score_higher_than_test_images(trained, test_inputs):
+    version_dir, _, _ = trained
+    exported = ExportedModel(version_dir)
+    _, inside = exported.predict_with_scores(test_inputs[0])
+    sets = foreign_image_sets("mnist", 60, seed=3, data_dir=DATA_DIR)
+    for kind in ("uniform_noise", "gaussian_noise", "solid", "near_solid", "glyphs", "patterns"):
+        _, outside = exported.predict_with_scores(as_served(sets[kind], exported.preprocessing))
+        assert np.mean(outside) > np.mean(inside), kind
+        assert auroc(inside, outside) > 0.8, kind
+
+
+def test_foreign_image_sets_are_deterministic_and_shaped_like_the_model_input():
+    if not (DATA_DIR / "cifar10.npz").exists():
+        pytest.skip(f"data sets missing from {DATA_DIR}")
+    first = foreign_image_sets("cifar10", 5, seed=1, data_dir=DATA_DIR)
+    again = foreign_image_sets("cifar10", 5, seed=1, data_dir=DATA_DIR)
+    assert {"mnist", "fashion_mnist", "uniform_noise", "glyphs", "solid", "inverted_cifar10"} <= set(first)
+    for kind, images in first.items():
+        assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8, kind
+        np.testing.assert_array_equal(images, again[kind])
+    assert "inverted_mnist" not in foreign_image_sets("mnist", 2, seed=1, data_dir=DATA_DIR)
+
+
+def test_explain_answers_a_saliency_map_that_passes_the_deletion_test(trained, test_inputs):
+    """Petsiuk et al. 2018: zeroing the 10 % most salient pixels must cost the top label far more
+    probability than zeroing as many random foreground pixels."""
+    version_dir, _, _ = trained
+    images, labels = test_inputs
+    served = serving_signature(version_dir)(images=tf.constant(images))["probabilities"].numpy()
+    chosen = np.flatnonzero(served.argmax(axis=1) == labels)[:40]
+    images = images[chosen]
+    explain = serving_signature(version_dir, "explain")
+    answer = explain(images=tf.constant(images))
+    saliency, probabilities = answer["saliency"].numpy(), answer["probabilities"].numpy()
+    assert saliency.shape == (len(chosen), 28, 28) and np.all(saliency >= 0)
+    np.testing.assert_allclose(probabilities, served[chosen], atol=1e-5)
+
+    top = probabilities.argmax(axis=1)
+    removed = round(0.1 * 28 * 28)
+    rng = np.random.default_rng(0)
+    salient, random = images.copy(), images.copy()
+    for index in range(len(images)):
+        most = np.argsort(saliency[index].ravel())[::-1][:removed]
+        salient[index].reshape(-1)[most] = 0
+        foreground = np.flatnonzero(images[index].ravel() > 0)
+        random[index].reshape(-1)[rng.choice(foreground, min(removed, len(foreground)), replace=False)] = 0
+    signature = serving_signature(version_dir)
+    rows = np.arange(len(images))
+    before = probabilities[rows, top]
+    salient_drop = before - signature(images=tf.constant(salient))["probabilities"].numpy()[rows, top]
+    random_drop = before - signature(images=tf.constant(random))["probabilities"].numpy()[rows, top]
+    # As many random foreground pixels are about half of a digit's: they cost the tiny model ~0.4.
+    assert salient_drop.mean() > 0.6, salient_drop.mean()
+    assert salient_drop.mean() > 2 * random_drop.mean(), (salient_drop.mean(), random_drop.mean())
+
+
+def test_a_version_exported_without_a_score_still_loads_and_evaluates(trained, tmp_path, capsys):
+    _, model, _ = trained
+    version_dir = export_model(model, "mnist", tmp_path, metadata={})
+    assert not (version_dir / "assets" / "ood.json").exists()
+    assert list(serving_signature(version_dir)(images=tf.zeros([2, 28, 28, 1]))) == ["probabilities"]
+    exported = ExportedModel(version_dir)
+    probabilities, scores = exported.predict_with_scores(np.zeros((3, 28, 28, 1), np.float32))
+    assert probabilities.shape == (3, 10) and scores is None and exported.ood is None
+    arguments = ["evaluate", "--model", "mnist", "--models-dir", str(tmp_path), "--data-dir", str(DATA_DIR)]
+    assert main(arguments) == 0
+    assert "exported without an out-of-distribution score" in capsys.readouterr().out
+
+
+def test_report_and_evaluate_give_the_ood_table(trained, capsys):
+    version_dir, _, _ = trained
+    record = json.loads((version_dir / "assets.extra" / "evaluation.json").read_text())
+    result = record["out_of_distribution"]
+    assert set(result["kinds"]) >= {"fashion_mnist", "cifar10", "uniform_noise", "glyphs", "solid"}
+    for row in result["kinds"].values():
+        assert set(row) == {"images", "auroc", "fpr95", "baseline_auroc", "baseline_fpr95", "detection_rate"}
+    report = (version_dir / "REPORT.md").read_text()
+    assert "## Out-of-distribution score" in report and "| glyphs (60) |" in report
+    arguments = ["evaluate", "--model", "mnist", "--models-dir", str(version_dir.parent.parent),
+                 "--data-dir", str(DATA_DIR), "--foreign-count", "60", "--test-count", "300"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    # The same images, the same model: the same table as the report's.
+    assert f"| glyphs (60) | {result['kinds']['glyphs']['auroc']:.4f} |" in printed
+    assert "AUROC, max-softmax" in printed and "of the 300 test images" in printed
+
+
+def test_auroc_and_fpr95_by_hand():
+    assert auroc([0, 1], [2, 3]) == 1.0 and auroc([2, 3], [0, 1]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    assert auroc([0, 2], [1, 3]) == 0.75
+    inside = np.arange(100)  # 95th percentile: 94.05
+    assert fpr_at_95_tpr(inside, [94, 95, 200, 300]) == 0.25
