@@ -82,7 +82,9 @@ class _NoProgress:
 
 def heatmap_paths(files: list[Path], directory: str | os.PathLike[str]) -> dict[Path, Path]:
     """Where each file's heatmap goes: its path below the files' common folder, mirrored under
-    `directory`, its whole name + `.heatmap.png` (a.png and a.jpg get one each)."""
+    `directory`, its whole name + `.heatmap.png` (a.png and a.jpg get one each). `directory` is
+    created now: one that cannot be written fails the run before any request, not file by file."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
     if not files:
         return {}
     base = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file in files])
@@ -101,17 +103,17 @@ def file_result(path: Path, model: str, result: PredictResult, heatmap: Path | N
         heatmap.write_bytes(best.explanation.heatmap_png)
         written = str(heatmap)
     return FileResult(
-        str(path),
-        model,
-        result.version,
-        best.label,
-        best.class_index,
-        best.probability,
-        best.top_k,
-        best.in_distribution,
-        best.ood_score,
-        best.explanation,
-        written,
+        path=str(path),
+        model=model,
+        version=result.version,
+        label=best.label,
+        class_index=best.class_index,
+        probability=best.probability,
+        top_k=best.top_k,
+        in_distribution=best.in_distribution,
+        ood_score=best.ood_score,
+        explanation=best.explanation,
+        heatmap=written,
     )
 
 
