@@ -1,11 +1,12 @@
 """The out-of-distribution score that an exported version answers beside its probabilities.
 
-Two distances, each standardized on the validation split, and their maximum: Mahalanobis distance
-of the classifier's penultimate features to the nearest class mean under one shared covariance
-(Lee et al. 2018), its top principal directions exact and the rest isotropic, and the input's
-residual off its top principal components (what no training image looks like). Frames that are
-(nearly) empty are out of distribution by definition. Fitted on training images, its threshold
-calibrated on validation images for a 5 % in-distribution flag rate; both halves run in-graph.
+Two scores, each standardized on the validation split, and their maximum: the energy score of the
+logits (Liu et al. 2020: -logsumexp, low where the network is confident about any class) and the
+Mahalanobis distance of the pooled penultimate features to the nearest class mean under one shared
+covariance (Lee et al. 2018: far from every class the network knows). The input's residual off its
+principal components ("input_pca") can be added; it measured worse. Frames that are (nearly) empty
+are out of distribution by definition. Fitted on training images, its threshold calibrated on
+validation images for a 5 % in-distribution flag rate; all of it runs in-graph.
 """
 
 import dataclasses
@@ -17,11 +18,11 @@ import tensorflow as tf
 
 from .models import FlipAveraging, TemperatureScaling
 
-COMPONENTS = ("energy",)  # of "energy", "mahalanobis", "input_pca": see the module's docstring
+COMPONENTS = ("energy", "mahalanobis")  # of "energy", "mahalanobis", "input_pca": see the module's docstring
 OUTPUT_KEY = "ood_score"
 ASSET = "ood.json"
 TARGET_FLAG_RATE = 0.05
-FEATURE_COMPONENTS = 64  # principal directions of the features kept exact; the rest share one variance
+SHRINKAGE = 1e-3  # of the mean variance, added to the covariance's diagonal
 INPUT_COMPONENTS = 32  # principal components of the input that reconstruct it
 EMPTY_SCORE = 1000.0  # added to an empty frame's score: far above any threshold
 MIN_RANGE = 0.1  # a frame whose pixels span less than this (of [0, 1]) is empty
@@ -34,11 +35,10 @@ class OodScore:
 
     standardization: dict  # component -> (mean, standard deviation) on the validation split
     min_foreground_pixels: int = 0  # light-on-dark: fewer foreground pixels than this is an empty frame
-    feature_mean: np.ndarray | None = None  # mahalanobis: [D]
-    feature_projection: np.ndarray | None = None  # [D, k]: top principal directions, scaled
+    feature_mean: np.ndarray | None = None  # mahalanobis: [D] of the pooled features
+    feature_projection: np.ndarray | None = None  # [D, D]: a square root of the shared precision
     feature_cross: np.ndarray | None = None  # [D, classes]
     class_offsets: np.ndarray | None = None  # [classes]
-    residual_precision: float = 0.0  # 1 / the variance shared by the other directions
     input_mean: np.ndarray | None = None  # input_pca: [H*W*C]
     input_basis: np.ndarray | None = None  # [H*W*C, m]
     threshold: float = float("nan")
@@ -75,8 +75,8 @@ def classifier_parts(serving_model):
 
 
 class FeatureClassifier:
-    """images -> (probabilities exactly as the serving model answers them, penultimate features, logits),
-    from one pass through the network."""
+    """images -> (probabilities exactly as the serving model answers them, the penultimate features
+    (pooled), the logits), from one pass through the network."""
 
     def __init__(self, serving_model):
         core, self.flip, temperature = classifier_parts(serving_model)
@@ -87,6 +87,10 @@ class FeatureClassifier:
                                           if isinstance(layer, keras.layers.Rescaling)]))
         self.network = keras.Model(core.inputs, [core.output, self.classifier.input])
         self.temperature = TemperatureScaling(temperature) if temperature is not None else None
+        # A flattened feature map is pooled over its positions: Mahalanobis distances want one
+        # vector per image whatever the object's position (Lee et al. pool each block the same way).
+        flatten = [layer for layer in core.layers if isinstance(layer, keras.layers.Flatten)]
+        self.channels = int(flatten[-1].input.shape[-1]) if flatten else None
 
     def __call__(self, images):
         probabilities, features = self.network(images, training=False)
@@ -99,6 +103,8 @@ class FeatureClassifier:
         logits = tf.matmul(features, self.classifier.kernel)
         if self.classifier.use_bias:
             logits = logits + self.classifier.bias
+        if self.channels:
+            features = tf.reduce_mean(tf.reshape(features, [tf.shape(features)[0], -1, self.channels]), axis=1)
         return probabilities, features, logits * self.logit_scale
 
     def predict(self, images, batch_size=500):
@@ -132,24 +138,15 @@ def _fit_mahalanobis(score, features, labels, num_classes):
                             else np.zeros(centered.shape[1]) for label in range(num_classes)])
     within = centered - class_means[labels]
     covariance = within.T @ within / len(within)
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-    k = min(FEATURE_COMPONENTS, len(eigenvalues) - 1)
-    floor = 1e-6 * max(float(eigenvalues[0]), 1e-12)
-    top = np.maximum(eigenvalues[:k], floor)
-    rest = max(float(eigenvalues[k:].mean()), floor)
-    # d_c = ||f||² / rest - ||f B||² + (f C)_c + offset_c for centred features f: the squared distance to
-    # class mean c with the covariance's top k directions exact and the rest of variance `rest`.
-    vectors = eigenvectors[:, :k]
-    projected_means = class_means @ vectors  # [classes, k]
+    # A little shrinkage: some channels hardly vary on training images (ReLUs that rarely fire).
+    covariance += SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    precision = np.linalg.inv(covariance)
+    # d_c = ||f L||² + (f C)_c + offset_c for centred features f, with L Lᵀ the precision: the squared
+    # Mahalanobis distance to class mean c, from one small matrix product.
     score.feature_mean = mean.astype(np.float32)
-    score.feature_projection = (vectors * np.sqrt(np.maximum(1 / rest - 1 / top, 0))).astype(np.float32)
-    score.feature_cross = (-2 * (vectors @ (projected_means / top).T) + 2 * (vectors @ projected_means.T) / rest
-                           - 2 * class_means.T / rest).astype(np.float32)
-    score.class_offsets = ((projected_means ** 2 / top).sum(axis=1)
-                           + ((class_means ** 2).sum(axis=1) - (projected_means ** 2).sum(axis=1)) / rest
-                           ).astype(np.float32)
-    score.residual_precision = 1 / rest
+    score.feature_projection = np.linalg.cholesky(precision).astype(np.float32)
+    score.feature_cross = (-2 * precision @ class_means.T).astype(np.float32)
+    score.class_offsets = np.einsum("cd,de,ce->c", class_means, precision, class_means).astype(np.float32)
 
 
 def component_scores(score, images, features, logits):
@@ -162,8 +159,7 @@ def component_scores(score, images, features, logits):
         weights = tf.constant(np.concatenate([score.feature_projection, score.feature_cross], axis=1))
         k = score.feature_projection.shape[1]
         combined = tf.matmul(features, weights)
-        per_image = (tf.reduce_sum(tf.square(features), axis=1) * np.float32(score.residual_precision)
-                     - tf.reduce_sum(tf.square(combined[:, :k]), axis=1))
+        per_image = tf.reduce_sum(tf.square(combined[:, :k]), axis=1)
         distances = per_image[:, None] + combined[:, k:] + score.class_offsets
         scores["mahalanobis"] = tf.reduce_min(distances, axis=1)
     if "input_pca" in score.standardization:
