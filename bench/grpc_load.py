@@ -90,7 +90,7 @@ def run_h2load(
     sent += summary["requests"]
     # A failed call answers with trailers only, no message: count the messages by their size.
     answered = summary["data_bytes"] // (answer_size + 5)
-    errors = Counter()
+    errors: Counter[str] = Counter()
     # Calls in flight when the window closes may have sent their message but not yet ended.
     if summary["succeeded"] - answered > concurrency:
         errors["NO_MESSAGE"] = summary["succeeded"] - answered

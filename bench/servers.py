@@ -128,6 +128,7 @@ def grpc_floor(model: str, logs: Path) -> Iterator[tuple[str, int]]:
             stderr=log,
             text=True,
         )
+        assert floor.stdout is not None  # stdout=PIPE
         try:
             if floor.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the gRPC floor server did not start; see {logs / 'floor.log'}")

@@ -113,7 +113,7 @@ def main(arguments: list[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    processes = ()
+    processes: tuple[subprocess.Popen[str], ...] = ()
     if args.url:
         url = args.url
         pids = {"gateway": args.gateway_pid or listening_pid(urlsplit(url).port or 80)}

@@ -28,7 +28,8 @@ class Workload:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        height, width, channels = self.images.shape[1:]
+        return height, width, channels
 
     def floats(self) -> np.ndarray:
         """The images as the model takes them: float32 in [0, 1]."""

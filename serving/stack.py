@@ -249,7 +249,8 @@ def main() -> int:
         if ended.returncode == 0:  # stopped by a signal sent to the whole process group
             print("\nstopping...", flush=True)
             return 0
-        logger.error("%s exited with status %s; stopping", ended.args[2:4], ended.returncode)
+        logger.error("the %s exited with status %s; stopping", "model server" if ended is model_server else "gateway",
+                     ended.returncode)
         return 1
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
