@@ -249,8 +249,8 @@ def main() -> int:
         if ended.returncode == 0:  # stopped by a signal sent to the whole process group
             print("\nstopping...", flush=True)
             return 0
-        logger.error("the %s exited with status %s; stopping", "model server" if ended is model_server else "gateway",
-                     ended.returncode)
+        which = "model server" if ended is model_server else "gateway"
+        logger.error("the %s exited with status %s; stopping", which, ended.returncode)
         return 1
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
