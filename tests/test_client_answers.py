@@ -350,9 +350,29 @@ def test_the_cli_shows_a_models_threshold(server, capsys):
     server.answer(200, {**OLD_MODEL, "out_of_distribution": OOD})
     assert cli_main(["--url", server.url, "model", "mnist"]) == 0
     assert (
-        "out-of-distribution flag: mahalanobis score above 3.25, calibrated to flag 5% of in-distribution"
+        "out-of-distribution flag: score above 3.25 (mahalanobis), calibrated to flag 5% of in-distribution"
         in capsys.readouterr().out
     )
     server.answer(200, OLD_MODEL)
     assert cli_main(["--url", server.url, "model", "mnist"]) == 0
     assert "exported without a score" in capsys.readouterr().out
+
+
+def test_a_threshold_without_a_method_name_parses(server):
+    server.answer(200, {**OLD_MODEL, "out_of_distribution": {"threshold": 2, "method": None}})
+    with Client(server.url, retries=0) as client:
+        assert client.model("mnist").out_of_distribution == OutOfDistribution(2.0, None, None)
+
+
+def test_a_version_that_cannot_explain_stops_a_folder_run(server, tmp_path):
+    """explanation_unavailable is a 400 every file would get: the run stops, as for an unknown model."""
+    (tmp_path / "seven.png").write_bytes(DIGIT)
+    (tmp_path / "one.png").write_bytes(DIGIT)
+    server.answer(
+        400, {"error": "model 'mnist' version 1 was exported without ...", "code": "explanation_unavailable"}
+    )
+    with Client(server.url, retries=0) as client, pytest.raises(PixelgateError) as raised:
+        client.predict_folder(tmp_path, model="mnist", explain=True, progress=False)
+    assert (raised.value.status, raised.value.code) == (400, "explanation_unavailable")
+    with Client(server.url, retries=0) as client, pytest.raises(ValueError, match="explain=True"):
+        client.predict_folder(tmp_path, model="mnist", heatmap_dir=tmp_path / "maps")

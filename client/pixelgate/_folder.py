@@ -126,8 +126,14 @@ def failed_file(path: Path, model: str, error: PixelgateError | OSError) -> File
     )
 
 
+# 400s that every file would get too: the model version cannot explain (explain=True).
+RUN_ERROR_CODES = frozenset({"explanation_unavailable"})
+
+
 def is_per_file(error: PixelgateError) -> bool:
     """4xx errors concern one file (a bad image, say); others (gateway down, 5xx) concern them all."""
+    if error.code in RUN_ERROR_CODES:
+        return False
     return error.status is not None and 400 <= error.status < 500 and error.status not in (401, 403, 404)
 
 

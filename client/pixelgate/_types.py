@@ -90,15 +90,19 @@ class OutOfDistribution:
     `target_in_distribution_flag_rate` of in-distribution (validation) images are flagged."""
 
     threshold: float
-    method: str
+    method: str | None = None  # the score's name (e.g. "energy"), when the export states it
     target_in_distribution_flag_rate: float | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> OutOfDistribution | None:
         if body is None:
             return None  # a version exported without a score
-        rate = body.get("target_in_distribution_flag_rate")
-        return cls(_number(body["threshold"]), str(body["method"]), None if rate is None else _number(rate))
+        method, rate = body.get("method"), body.get("target_in_distribution_flag_rate")
+        return cls(
+            _number(body["threshold"]),
+            None if method is None else str(method),
+            None if rate is None else _number(rate),
+        )
 
 
 @dataclass(frozen=True)

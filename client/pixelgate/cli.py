@@ -247,7 +247,8 @@ def _print_model(model: ModelDetail, as_json: bool) -> None:
     else:
         rate = ood.target_in_distribution_flag_rate
         calibrated = f", calibrated to flag {rate:.0%} of in-distribution images" if rate is not None else ""
-        print(f"out-of-distribution flag: {ood.method} score above {ood.threshold:.4g}{calibrated}")
+        method = f" ({ood.method})" if ood.method else ""
+        print(f"out-of-distribution flag: score above {ood.threshold:.4g}{method}{calibrated}")
     _print_rows(
         [("VERSION", "STATE", "ERROR")] + [(str(v.version), v.state, v.error) for v in model.versions]
     )
