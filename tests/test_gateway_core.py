@@ -34,13 +34,13 @@ class InMemoryModelServer:
         self.calls: list[PredictCall] = []
         self.unloaded_once = False
 
-    def signature(self, name: str, version: int | None = None, label: str | None = None):
+    def signatures(self, name: str, version: int | None = None, label: str | None = None):
         signature = meta_graph_pb2.SignatureDef()
         for size in (-1, 4, 4, 1):
             signature.inputs["images"].tensor_shape.dim.add(size=size)
         for size in (-1, len(CLASSES)):
             signature.outputs["probabilities"].tensor_shape.dim.add(size=size)
-        return version or self.version, signature
+        return version or self.version, {"serving_default": signature}
 
     def status(self, name: str, timeout: float | None = None) -> list[VersionStatus]:
         return [VersionStatus(self.version, "AVAILABLE", "")]

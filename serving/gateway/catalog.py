@@ -1,6 +1,6 @@
 """Which models the gateway serves, and what it needs of each served version: input and output
-keys, image shape, classes and preprocessing, learned at run time from the model server's
-metadata and the version's assets.
+keys, image shape, classes and preprocessing, its out-of-distribution score and explanation
+signature if it has them, learned at run time from the model server's metadata and the version's assets.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.gateway import explanations, out_of_distribution
 from serving.gateway.errors import ModelMisconfiguredError, ModelNotFoundError
-from serving.gateway.model_server_client import ModelServerClient
+from serving.gateway.explanations import ExplanationSignature
+from serving.gateway.model_server_client import SIGNATURE_NAME, ModelServerClient
+from serving.gateway.out_of_distribution import OutOfDistribution
 from serving.gateway.preprocess import PreprocessingSpec
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
@@ -36,6 +39,15 @@ class ModelInfo:
     spec: PreprocessingSpec
     classes: tuple[str, ...]
     test_accuracy: float | None = None  # the headline figure of the version's evaluation.json
+    out_of_distribution: OutOfDistribution | None = None  # None: exported without a score
+    explanation: ExplanationSignature | None = None  # None: exported without an explanation signature
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """serving_default's outputs that a prediction asks for (Predict's output_filter)."""
+        if self.out_of_distribution is None:
+            return (self.output_key,)
+        return (self.output_key, self.out_of_distribution.output_key)
 
 
 class ModelCatalog:
@@ -94,8 +106,8 @@ class ModelCatalog:
                 version = cached[1]
         if version is not None and (name, version) in self._infos:
             return self._infos[(name, version)]
-        served_version, signature = self.client.signature(name, version, label)
-        info = self._build_info(name, served_version, signature)
+        served_version, signatures = self.client.signatures(name, version, label)
+        info = self._build_info(name, served_version, signatures)
         with self._lock:
             self._infos[(name, served_version)] = info
             if version is None:
@@ -108,14 +120,19 @@ class ModelCatalog:
             for key in [k for k in self._latest if k[0] == name]:
                 del self._latest[key]
 
-    def _build_info(self, name: str, version: int, signature: meta_graph_pb2.SignatureDef) -> ModelInfo:
+    def _build_info(self, name: str, version: int,
+                    signatures: Mapping[str, meta_graph_pb2.SignatureDef]) -> ModelInfo:
         assets = self.base_path / name / str(version) / "assets"
+        signature = signatures[SIGNATURE_NAME]
         spec_values = _read_json(assets / "preprocessing.json")
         if not isinstance(spec_values, dict):
             raise ModelMisconfiguredError(
                 f"model '{name}' version {version}: assets/preprocessing.json is not a JSON object")
         input_key = _single_key(signature.inputs, spec_values.get("input_key"), "input", name)
-        output_key = _single_key(signature.outputs, spec_values.get("output_key"), "output", name)
+        # The score beside the probabilities is never the output to rank classes by.
+        outputs = {key: output for key, output in signature.outputs.items()
+                   if key != out_of_distribution.OUTPUT_KEY} or dict(signature.outputs)
+        output_key = _single_key(outputs, spec_values.get("output_key"), "output", name)
         dims = [d.size for d in signature.inputs[input_key].tensor_shape.dim]
         if len(dims) != 4:
             raise ModelNotFoundError(
@@ -135,7 +152,11 @@ class ModelCatalog:
         accuracy = None
         if isinstance(figure, int | float) and not isinstance(figure, bool) and 0 <= figure <= 1:
             accuracy = float(figure)
-        return ModelInfo(name, version, input_key, output_key, spec, classes, accuracy)
+        where = f"model '{name}' version {version}"
+        ood_asset = _read_json(assets / out_of_distribution.ASSET)
+        ood = out_of_distribution.find(signature.outputs, ood_asset, where)
+        explanation = explanations.find(signatures, _read_json(assets / explanations.ASSET), input_key, where)
+        return ModelInfo(name, version, input_key, output_key, spec, classes, accuracy, ood, explanation)
 
 
 def _read_json(path: Path) -> Any:

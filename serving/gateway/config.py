@@ -17,6 +17,9 @@ DEFAULTS: dict[str, Any] = {
     "READINESS_TIMEOUT_SECONDS": 2.0,  # deadline of /readyz's status calls: a probe must answer fast
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body (413 beyond)
     "MAX_IMAGES_PER_REQUEST": 64,
+    # Images in one explain=true request (400 too_many_images_to_explain beyond): an explanation
+    # costs the model server a forward and backward pass per integrated-gradients step, per image.
+    "MAX_IMAGES_PER_EXPLAIN": 8,
     # Images in one Predict call, shared or not; keep <= the model server's max_batch_size, which
     # refuses a larger call: a request with more images is sent as several calls at once.
     "MAX_IMAGES_PER_CALL": 32,

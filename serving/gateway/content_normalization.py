@@ -28,6 +28,7 @@ class Framing:
     passed_through: bool = False
     inverted: bool = False
     content_box: tuple[int, int, int, int] | None = None
+    cropped: bool = False  # the box left part of the upload out (for the drift metrics)
 
     def as_dict(self) -> dict[str, Any]:
         return {

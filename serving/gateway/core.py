@@ -15,16 +15,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.gateway import metrics
+from serving.gateway import explanations, metrics
 from serving.gateway.call_planner import CallPlanner
 from serving.gateway.catalog import ModelCatalog, ModelInfo
 from serving.gateway.content_normalization import Framing
 from serving.gateway.errors import (
+    ExplanationUnavailableError,
     GatewayError,
     InvalidImageError,
+    InvalidRequestError,
     ModelMisconfiguredError,
     ModelNotFoundError,
 )
+from serving.gateway.explanations import ExplanationSignature
 from serving.gateway.limits import ImageLimits, check_image_sizes
 from serving.gateway.model_server_client import Answer, ModelServerClient, PredictCall
 from serving.gateway.preprocess import model_input_png, preprocess_images_explained
@@ -68,13 +71,21 @@ class Gateway:
         trace.model, trace.images = name, len(images)
         metrics.IMAGES_PER_REQUEST.labels(name).observe(len(images))
         config = self.config
+        if options.explain and len(images) > config["MAX_IMAGES_PER_EXPLAIN"]:
+            raise InvalidRequestError(
+                f"{len(images)} images in one request with explain=true; at most "
+                f"{config['MAX_IMAGES_PER_EXPLAIN']} are explained at once",
+                code="too_many_images_to_explain")
         check_image_sizes(images, ImageLimits(config["MAX_IMAGE_PIXELS"], config["MAX_IMAGE_SIDE"],
                                               config["MAX_REQUEST_PIXELS"]))
         info = self.catalog.resolve(name, options.version, options.label)
+        if options.explain:
+            _explanation_signature(info)  # refused before any work
         started = time.perf_counter()
         batch, framings = self._preprocess(images, info)
         trace.preprocess_seconds = time.perf_counter() - started
         metrics.PREPROCESS_SECONDS.labels(name).observe(trace.preprocess_seconds)
+        metrics.observe_inputs(name, batch, [f.inverted for f in framings], [f.cropped for f in framings])
         started = time.perf_counter()
         try:
             answer = self._send(info, batch, request_id)
@@ -85,15 +96,18 @@ class Gateway:
             self.catalog.forget(name)
             info = self.catalog.resolve(name, None, options.label)
             answer = self._send(info, batch, request_id)
+        saliency = self._explain(info, batch, request_id) if options.explain else None
         trace.model_server_seconds = time.perf_counter() - started
         trace.version = answer.version
         metrics.MODEL_SERVER_SECONDS.labels(name).observe(trace.model_server_seconds)
-        probabilities = answer.outputs[info.output_key]
-        if len(images) > 1 and (probabilities.ndim == 0 or len(probabilities) != len(images)):
-            raise ModelMisconfiguredError(
-                f"model '{name}' answered output '{info.output_key}' of shape {list(probabilities.shape)} "
-                f"for {len(images)} image(s); the gateway needs one row per image")
-        predictions = top_predictions(probabilities.reshape(len(images), -1), info.classes, options.top_k)
+        probabilities = _rows(answer, info.output_key, len(images), name)
+        caveats = _out_of_distribution(info, answer, len(images))
+        predictions = top_predictions(probabilities.reshape(len(images), -1), info.classes, options.top_k,
+                                      caveats)
+        if saliency is not None:
+            method = _explanation_signature(info).method
+            for prediction, image_saliency in zip(predictions, saliency, strict=True):
+                prediction["explanation"] = explanations.explanation(image_saliency, method)
         if options.debug:
             # What the model saw, so a user can tell a bad crop or a wrong inversion from a bad model.
             for prediction, model_input, framing in zip(predictions, batch, framings, strict=True):
@@ -103,9 +117,23 @@ class Gateway:
         return {"model": name, "version": answer.version, "predictions": predictions}
 
     def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> Answer:
-        call = PredictCall(info.name, info.version, info.input_key, (info.output_key,), batch,
+        call = PredictCall(info.name, info.version, info.input_key, info.output_keys, batch,
                            (request_id,) if request_id else ())
         return self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
+
+    def _explain(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> np.ndarray:
+        """Saliency maps [N, H, W] of the batch, from the version's explanation signature."""
+        signature = _explanation_signature(info)
+        call = PredictCall(info.name, info.version, signature.input_key, (signature.output_key,), batch,
+                           (request_id,) if request_id else (), signature_name=signature.name)
+        answer = self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
+        saliency = _rows(answer, signature.output_key, len(batch), info.name)
+        frame = (info.spec.height, info.spec.width)
+        if saliency.shape[1:] not in (frame, (*frame, 1)):
+            raise ModelMisconfiguredError(
+                f"model '{info.name}' version {info.version}: signature '{signature.name}' answered "
+                f"'{signature.output_key}' of shape {list(saliency.shape)}; the gateway needs [N, H, W]")
+        return saliency.reshape(len(batch), *frame)
 
     def _preprocess(self, images: Sequence[bytes], info: ModelInfo) -> tuple[np.ndarray, list[Framing]]:
         try:
@@ -174,16 +202,53 @@ def describe(info: ModelInfo) -> dict[str, Any]:
         "input": {"key": info.input_key, "shape": [info.spec.height, info.spec.width, info.spec.channels]},
         "classes": list(info.classes),
         "test_accuracy": info.test_accuracy,  # the version's assets.extra/evaluation.json; null if absent
+        "out_of_distribution": info.out_of_distribution.describe() if info.out_of_distribution else None,
     }
 
 
-def top_predictions(probabilities: np.ndarray, classes: tuple[str, ...], top_k: int) -> list[dict[str, Any]]:
-    """Per image: the top label, its class index and probability, and the top-k list."""
+def top_predictions(probabilities: np.ndarray, classes: tuple[str, ...], top_k: int,
+                    caveats: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per image: the top label, its class index and probability, its `caveats` (in_distribution and
+    ood_score) and the top-k list."""
     answers = []
     k = min(top_k, probabilities.shape[-1])
-    for row in probabilities:
+    for index, row in enumerate(probabilities):
         order = np.argsort(-row, kind="stable")[:k]
         ranked = [{"label": classes[i] if i < len(classes) else str(i), "class_index": int(i),
                    "probability": float(row[i])} for i in order]
-        answers.append({**ranked[0], "top_k": ranked})
+        answers.append({**ranked[0], **(caveats[index] if caveats else {}), "top_k": ranked})
     return answers
+
+
+def _rows(answer: Answer, key: str, images: int, name: str) -> np.ndarray:
+    """Output `key` of the answer, which must hold one row per image."""
+    rows = answer.outputs[key]
+    if images > 1 and (rows.ndim == 0 or len(rows) != images):
+        raise ModelMisconfiguredError(
+            f"model '{name}' answered output '{key}' of shape {list(rows.shape)} "
+            f"for {images} image(s); the gateway needs one row per image")
+    return rows
+
+
+def _out_of_distribution(info: ModelInfo, answer: Answer, images: int) -> list[dict[str, Any]]:
+    """Per image `in_distribution` and `ood_score`: null for a version exported without a score."""
+    ood, scores = info.out_of_distribution, None
+    if ood is not None:
+        scores = answer.outputs.get(ood.output_key)
+    if ood is None or scores is None or scores.size != images:
+        if ood is not None:
+            logger.warning("model '%s' version %d answered no usable '%s' (shape %s): flags are null",
+                           info.name, info.version, ood.output_key,
+                           None if scores is None else list(scores.shape))
+        return [{"in_distribution": None, "ood_score": None}] * images
+    rounded, flags = ood.judge(scores.reshape(images).astype(np.float64))
+    metrics.observe_ood(info.name, rounded, flags)
+    return [{"in_distribution": flag, "ood_score": score} for flag, score in zip(flags, rounded, strict=True)]
+
+
+def _explanation_signature(info: ModelInfo) -> ExplanationSignature:
+    if info.explanation is None:
+        raise ExplanationUnavailableError(
+            f"model '{info.name}' version {info.version} was exported without an explanation signature; "
+            "explain=true needs a version exported with one")
+    return info.explanation

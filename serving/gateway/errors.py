@@ -29,6 +29,12 @@ class InvalidRequestError(GatewayError):
     status, code = 400, "invalid_request"
 
 
+class ExplanationUnavailableError(GatewayError):
+    """explain=true for a model version exported without an explanation signature."""
+
+    status, code = 400, "explanation_unavailable"
+
+
 class UnauthorizedError(GatewayError):
     status, code = 401, "unauthorized"
 

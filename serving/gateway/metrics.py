@@ -8,7 +8,9 @@ the URL rule, never the raw path, so hostile URLs cannot grow the series without
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,6 +24,14 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BYTES_BUCKETS = tuple(float(1024 * 4**power) for power in range(9))  # 1 KiB .. 64 MiB
 _IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Scores are standardized on the validation split (mean 0, deviation 1); thresholds calibrated for a 5 %
+# flag rate sit between 1 and 3, and an empty frame's score is 1,000 above the rest.
+_OOD_SCORE_BUCKETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0,
+                      100.0)
+_FRACTION_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6,
+                     0.7, 0.8, 0.9, 1.0)
+FOREGROUND_LEVEL = 0.5  # a model-input pixel above this counts as foreground (of [0, 1])
+ADJUSTMENTS = ("inverted", "cropped")
 
 REQUESTS = Counter(
     "pixelgate_requests_total", "HTTP requests answered", ["endpoint", "model", "status", "version"]
@@ -56,6 +66,54 @@ MODEL_SERVER_ERRORS = Counter(
     "requests it carried)",
     ["method", "code"],
 )
+
+OUT_OF_DISTRIBUTION_IMAGES = Counter(
+    "pixelgate_out_of_distribution_images_total",
+    "Images whose ood_score was above their model version's threshold (in_distribution: false)",
+    ["model"],
+)
+OOD_SCORE = Histogram(
+    "pixelgate_ood_score", "Out-of-distribution score of each image (versions that answer one)", ["model"],
+    buckets=_OOD_SCORE_BUCKETS,
+)
+INPUT_MEAN_INTENSITY = Histogram(
+    "pixelgate_input_mean_intensity", "Mean pixel value of each model input, in [0, 1]", ["model"],
+    buckets=_FRACTION_BUCKETS,
+)
+INPUT_FOREGROUND_FRACTION = Histogram(
+    "pixelgate_input_foreground_fraction",
+    f"Share of each model input's pixels above {FOREGROUND_LEVEL} (the content of light-on-dark data sets)",
+    ["model"],
+    buckets=_FRACTION_BUCKETS,
+)
+PREPROCESSING_ADJUSTMENTS = Counter(
+    "pixelgate_preprocessing_adjustments_total",
+    "Uploads that normalization inverted (a light background) or cropped to their content or a square",
+    ["model", "adjustment"],
+)
+
+
+def observe_inputs(model: str, batch: np.ndarray, inverted: Sequence[bool], cropped: Sequence[bool]) -> None:
+    """Drift statistics of one request's model inputs (float32 [N, H, W, C] in [0, 1])."""
+    flat = batch.reshape(len(batch), -1)
+    means = flat.mean(axis=1, dtype=np.float64).tolist()
+    foreground = (np.count_nonzero(flat > FOREGROUND_LEVEL, axis=1) / max(flat.shape[1], 1)).tolist()
+    intensity, fraction = INPUT_MEAN_INTENSITY.labels(model), INPUT_FOREGROUND_FRACTION.labels(model)
+    for mean, share in zip(means, foreground, strict=True):
+        intensity.observe(mean)
+        fraction.observe(share)
+    # Every series exists from a model's first request on, at 0 until something happens: its rate is
+    # 0, not absent.
+    PREPROCESSING_ADJUSTMENTS.labels(model, "inverted").inc(sum(inverted))
+    PREPROCESSING_ADJUSTMENTS.labels(model, "cropped").inc(sum(cropped))
+
+
+def observe_ood(model: str, scores: Sequence[float | None], in_distribution: Sequence[bool | None]) -> None:
+    histogram = OOD_SCORE.labels(model)
+    for score in scores:
+        if score is not None:
+            histogram.observe(score)
+    OUT_OF_DISTRIBUTION_IMAGES.labels(model).inc(sum(flag is False for flag in in_distribution))
 
 
 def render() -> tuple[bytes, str]:

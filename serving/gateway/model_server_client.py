@@ -7,7 +7,7 @@ GatewayError. The client makes the calls it is given; which calls to make is the
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -55,12 +55,13 @@ class PredictCall:
     output_keys: tuple[str, ...]
     images: np.ndarray
     request_ids: tuple[str, ...] = ()
+    signature_name: str = SIGNATURE_NAME
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Calls with the same key can be joined into one (see CallPlanner)."""
-        return (self.model, self.version, self.input_key, self.output_keys, self.images.shape[1:],
-                self.images.dtype.str)
+        return (self.model, self.version, self.signature_name, self.input_key, self.output_keys,
+                self.images.shape[1:], self.images.dtype.str)
 
 
 class Answer(NamedTuple):
@@ -104,9 +105,10 @@ class ModelServerClient:
         rpc.add_done_callback(lambda done: _complete(answer, done))
         return answer
 
-    def signature(self, name: str, version: int | None = None,
-                  label: str | None = None) -> tuple[int, meta_graph_pb2.SignatureDef]:
-        """The served version and its serving_default signature, of (name, version | label | latest)."""
+    def signatures(self, name: str, version: int | None = None,
+                   label: str | None = None) -> tuple[int, Mapping[str, meta_graph_pb2.SignatureDef]]:
+        """The served version of (name, version | label | latest) and its signatures by name, one of
+        them serving_default."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = name
         if version is not None:
@@ -123,7 +125,7 @@ class ModelServerClient:
         response.metadata["signature_def"].Unpack(signatures)
         if SIGNATURE_NAME not in signatures.signature_def:
             raise ModelNotFoundError(f"model '{name}' has no '{SIGNATURE_NAME}' signature")
-        return response.model_spec.version.value, signatures.signature_def[SIGNATURE_NAME]
+        return response.model_spec.version.value, signatures.signature_def
 
     def status(self, name: str, timeout: float | None = None) -> list[VersionStatus]:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -161,7 +163,7 @@ def _predict_request(call: PredictCall) -> tuple[predict_pb2.PredictRequest, Any
     MODEL_SERVER_BATCH_IMAGES.labels(call.model).observe(len(call.images))
     request = predict_pb2.PredictRequest(output_filter=list(call.output_keys))
     request.model_spec.name = call.model
-    request.model_spec.signature_name = SIGNATURE_NAME
+    request.model_spec.signature_name = call.signature_name
     request.model_spec.version.value = call.version
     request.inputs[call.input_key].CopyFrom(make_tensor_proto(call.images))
     request_ids = joined_request_ids(call.request_ids)

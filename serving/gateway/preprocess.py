@@ -229,7 +229,9 @@ def reframe(image: Image.Image, spec: PreprocessingSpec) -> tuple[Image.Image, f
         min(right * factor, image.width),
         min(bottom * factor, image.height),
     )
-    return framed, framing.Framing(inverted=inverted, content_box=content_box if box else None)
+    cropped = box is not None and box != (0, 0, reduced.width, reduced.height)
+    return framed, framing.Framing(inverted=inverted, content_box=content_box if box else None,
+                                   cropped=cropped)
 
 
 def image_to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:

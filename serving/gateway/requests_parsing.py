@@ -59,6 +59,7 @@ class PredictOptions:
     version: int | None
     label: str | None
     debug: bool = False  # answer what the model saw, per image
+    explain: bool = False  # answer a saliency map and its heatmap, per image
 
 
 def parse_options(request: Request, default_top_k: int, max_top_k: int) -> PredictOptions:
@@ -76,15 +77,16 @@ def parse_options(request: Request, default_top_k: int, max_top_k: int) -> Predi
         raise InvalidRequestError(
             "'label' must be 1 to 64 letters, digits, '-' or '_'", code="invalid_version"
         )
-    return PredictOptions(top_k=top_k, version=version, label=label, debug=_debug(args.get("debug")))
+    return PredictOptions(top_k=top_k, version=version, label=label, debug=_flag(args.get("debug"), "debug"),
+                          explain=_flag(args.get("explain"), "explain"))
 
 
-def _debug(value: str | None) -> bool:
+def _flag(value: str | None, name: str) -> bool:
     try:
         return parse_boolean(value or "")
     except ValueError:
-        raise InvalidRequestError(f"'debug' must be true or false, got {(value or '')[:32]!r}",
-                                  code="invalid_debug") from None
+        raise InvalidRequestError(f"'{name}' must be true or false, got {(value or '')[:32]!r}",
+                                  code=f"invalid_{name}") from None
 
 
 def _positive_int(value: str | None, name: str, default: int | None) -> Any:
