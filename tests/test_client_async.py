@@ -140,4 +140,5 @@ def test_async_flags_and_explanations(gateway_url, test_images, tmp_path):
     ]
     for file in files:
         assert file.heatmap == str(tmp_path / "maps" / (file.path.rsplit("/", 1)[1] + ".heatmap.png"))
-        assert Image.open(file.heatmap).size == (28, 28)
+        with Image.open(file.heatmap) as heatmap:
+            assert heatmap.size == (28, 28)

@@ -200,7 +200,9 @@ def test_cli_flags_foreign_images_and_writes_heatmaps_beside_its_results(
     assert f"11 heatmaps written to {heatmaps}" in err
     written = sorted(str(path.relative_to(heatmaps)) for path in heatmaps.rglob("*.png"))
     assert "more/08-label" in " ".join(written) and "blank.png.heatmap.png" in written and len(written) == 11
-    assert all(Image.open(heatmaps / name).size == (28, 28) for name in written)
+    for name in written:
+        with Image.open(heatmaps / name) as heatmap:
+            assert heatmap.size == (28, 28), name
     with open(output, newline="") as file:
         table = {row["path"]: row for row in csv.DictReader(file)}
     assert table[str(digits_folder / "blank.png")]["in_distribution"] == "false"
