@@ -186,8 +186,7 @@ def test_malformed_tensor(prediction_stub):
     request.inputs["images"].tensor_content = b"\x00" * 7
     error = rpc_error(prediction_stub.Predict, request)
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "tensor parsing error: images",
+        grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: images"
     )
 
 
@@ -200,18 +199,24 @@ def test_a_shape_tensorflow_cannot_hold_is_a_parsing_error(prediction_stub, dims
     """Tensor::FromProto refuses it (TensorShape::IsValid); NumPy would have filled in the -1."""
     request = predict_request(random_images(1))
     del request.inputs["images"].tensor_shape.dim[:]
-    request.inputs["images"].tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims)
+    request.inputs["images"].tensor_shape.dim.extend(
+        tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims
+    )
     error = rpc_error(prediction_stub.Predict, request)
-    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: images")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: images"
+    )
 
 
-@pytest.mark.parametrize(("dtype", "name"), [(types_pb2.DT_RESOURCE, "resource"), (types_pb2.DT_VARIANT, "variant")])
+@pytest.mark.parametrize(
+    ("dtype", "name"), [(types_pb2.DT_RESOURCE, "resource"), (types_pb2.DT_VARIANT, "variant")]
+)
 def test_a_resource_or_variant_tensor_is_the_wrong_type(prediction_stub, dtype, name):
-    """TensorFlow parses these, then Session::Run refuses them for a float input; NumPy has no type for them."""
+    """TensorFlow parses these, then Session::Run refuses them for a float input; NumPy has no type
+    for them."""
     request = predict_request(random_images(1))
-    request.inputs["images"].CopyFrom(tensor_pb2.TensorProto(
-        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])
-    ))
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])
+    request.inputs["images"].CopyFrom(tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape))
     error = rpc_error(prediction_stub.Predict, request)
     assert (error.code(), error.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT, f"Expects arg[0] to be float but {name} is provided"
