@@ -13,12 +13,14 @@ PROFILE ?= full
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install serve train test lint bench loadtest docker-build up down clean protos
+.PHONY: install oip-clients serve train test lint bench loadtest docker-build up down clean protos
 
 # The last step writes bytecode for all of site-packages: where PYTHONDONTWRITEBYTECODE is set (as
 # on the developers' and CI machines) Python would otherwise compile every module it imports at
 # every start (10 of the 18 s an import of TensorFlow took there, half of the gateway's import).
-$(VENV)/.installed: requirements/*.txt client/pyproject.toml Makefile
+# requirements/oip-clients.txt is .venv-oip's, below: a change there leaves .venv alone.
+$(VENV)/.installed: $(filter-out requirements/oip-clients.txt,$(wildcard requirements/*.txt)) \
+		client/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null; $(PY) -m pip install -q uv==0.13.8; }
 	$(UV) pip install -q --python $(PY) -r requirements/dev.txt
@@ -28,6 +30,17 @@ $(VENV)/.installed: requirements/*.txt client/pyproject.toml Makefile
 	touch $@
 
 install: $(VENV)/.installed
+
+# The Open Inference Protocol's real clients (tritonclient, kserve) need protobuf<7, the project
+# pins 7: their own venv, which tests/test_oip_*.py run client scripts in. Installed with .venv's uv.
+OIP_VENV := .venv-oip
+$(OIP_VENV)/.installed: requirements/oip-clients.txt | $(VENV)/.installed
+	test -x $(OIP_VENV)/bin/python || $(PYTHON) -m venv $(OIP_VENV)
+	$(UV) pip install -q --python $(OIP_VENV)/bin/python -r requirements/oip-clients.txt
+	touch $@
+
+## oip-clients: the venv with tritonclient and kserve that the Open Inference Protocol tests use
+oip-clients: $(OIP_VENV)/.installed
 
 ## serve: train quick models that are not exported yet, then run model server (:8500) + gateway (:8000)
 serve: install
@@ -39,7 +52,7 @@ train: install
 	$(PY) -m training train --model $(MODEL) --profile $(PROFILE) $(TRAIN_ARGS)
 
 ## test: the whole suite (unit, integration with real servers on loopback, load, browser)
-test: install
+test: install oip-clients
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## loadtest: Locust, headless, against HOST (default: a stack at :8000, or one it starts); USERS, SPAWN_RATE,
@@ -103,4 +116,4 @@ k8s-config:
 	} > docker/k8s/tfserving-config.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OIP_VENV) .pytest_cache .hypothesis

@@ -7,6 +7,9 @@ wheels ship, re-emits them with grpcio-tools (with .pyi stubs, for mypy) under
 tensorflow + tensorflow-serving-api):
 
     .venv/bin/python tools/generate_protos.py
+
+It also compiles the Open Inference Protocol's service (tools/protos/inference/, KServe's
+grpc_predict_v2.proto), which no wheel ships, into serving.protos.inference.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "serving" / "protos"
 PACKAGE = "serving.protos"
 # The generated files' top-level packages, re-rooted under PACKAGE.
-TOP_PACKAGES = "(tensorflow|tensorflow_serving|tsl|xla)"
+TOP_PACKAGES = "(tensorflow|tensorflow_serving|tsl|xla|inference)"
 API_MODULES = [
     "tensorflow_serving.apis.predict_pb2",
     "tensorflow_serving.apis.classification_pb2",
@@ -39,6 +42,9 @@ API_MODULES = [
     "tensorflow_serving.apis.prediction_log_pb2",
     "tensorflow_serving.config.model_server_config_pb2",
 ]
+# .proto files of our own under PROTO_ROOT, compiled with their gRPC stubs.
+PROTO_ROOT = ROOT / "tools" / "protos"
+OWN_SERVICES = ["inference/grpc_predict_v2.proto"]
 SERVICES = {
     "tensorflow_serving/apis/prediction_service.proto",
     "tensorflow_serving/apis/model_service.proto",
@@ -72,6 +78,10 @@ def main() -> None:
                 outputs.append(f"--grpc_python_out={generated}")
             protoc = [sys.executable, "-m", "grpc_tools.protoc", f"--descriptor_set_in={descriptor_set}"]
             subprocess.run([*protoc, *outputs, name], check=True)
+        for name in OWN_SERVICES:
+            outputs = [f"--{kind}_out={generated}" for kind in ("python", "pyi", "grpc_python")]
+            protoc = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}"]
+            subprocess.run([*protoc, *outputs, name], check=True)
         for path in OUT.iterdir():
             if path.is_dir():
                 shutil.rmtree(path)
@@ -84,7 +94,7 @@ def main() -> None:
             target.write_text(text)
         for directory in [p for p in OUT.rglob("*") if p.is_dir()]:
             (directory / "__init__.py").touch()
-    print(f"generated {len(files)} proto files into {OUT.relative_to(ROOT)}")
+    print(f"generated {len(files) + len(OWN_SERVICES)} proto files into {OUT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

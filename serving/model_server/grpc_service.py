@@ -54,7 +54,7 @@ def _seconds_to_deadline(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None or remaining > NO_DEADLINE_SECONDS else remaining
 
 
-def _handle_errors(
+def handle_errors(
     method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[..., Awaitable[Response]]:
     """Map core errors to gRPC statuses and log one line per call."""
@@ -90,7 +90,10 @@ class _Call:
 
     def __init__(self, method: str, request: Any) -> None:
         self.method = method
-        self.model_name = request.model_spec.name if hasattr(request, "model_spec") else "-"
+        if hasattr(request, "model_spec"):
+            self.model_name = request.model_spec.name
+        else:  # the Open Inference Protocol's requests (oip/grpc_service.py)
+            self.model_name = getattr(request, "model_name", "") or getattr(request, "name", "") or "-"
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
 
@@ -106,8 +109,9 @@ class _Call:
 
     def record(self) -> None:
         elapsed = time.perf_counter() - self.started
-        if self.method in metrics.INSTRUMENTED_APIS:
-            metrics.record_request(self.model_name, self.method, "GRPC", self.code, elapsed)
+        api = metrics.INSTRUMENTED_APIS.get(self.method)
+        if api is not None:
+            metrics.record_request(self.model_name, api, "GRPC", self.code, elapsed)
         logger.debug(
             "%s model=%s status=%s %.1fms", self.method, self.model_name, self.code.name, elapsed * 1000
         )
@@ -144,17 +148,18 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         self._max_concurrent_runs = max(max_concurrent_runs, 1)
         self._run_slots: asyncio.Semaphore | None = None  # made on the loop, at the first call
 
-    def _slots(self) -> asyncio.Semaphore:
+    def run_slots(self) -> asyncio.Semaphore:
+        """The slots every call that runs a model takes, v2's ModelInfer included."""
         if self._run_slots is None:
             self._run_slots = asyncio.Semaphore(self._max_concurrent_runs)
         return self._run_slots
 
-    @_handle_errors
+    @handle_errors
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         _require_model_spec(request)
-        async with self._slots():
+        async with self.run_slots():
             result = await self._core.predict(
                 request.model_spec.name,
                 request.inputs,
@@ -171,7 +176,7 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
             response.outputs[alias].CopyFrom(encode_tensor(value, self._tensor_content))
         return response
 
-    @_handle_errors
+    @handle_errors
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -185,12 +190,12 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
         response.metadata["signature_def"].Pack(metadata.signature_def_map())
         return response
 
-    @_handle_errors
+    @handle_errors
     async def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         _require_model_spec(request)
-        async with self._slots():
+        async with self.run_slots():
             answer = await self._core.classify(
                 request.model_spec.name,
                 request.input,
@@ -199,12 +204,12 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
             )
         return classification_pb2.ClassificationResponse(model_spec=answer.model_spec, result=answer.result)
 
-    @_handle_errors
+    @handle_errors
     async def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         _require_model_spec(request)
-        async with self._slots():
+        async with self.run_slots():
             answer = await self._core.regress(
                 request.model_spec.name,
                 request.input,
@@ -213,11 +218,11 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
             )
         return regression_pb2.RegressionResponse(model_spec=answer.model_spec, result=answer.result)
 
-    @_handle_errors
+    @handle_errors
     async def MultiInference(
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
-        async with self._slots():
+        async with self.run_slots():
             return await self._core.multi_inference(request)
 
 
@@ -227,7 +232,7 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, core: ModelServerCore) -> None:
         self._core = core
 
-    @_handle_errors
+    @handle_errors
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:

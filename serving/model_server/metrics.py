@@ -22,7 +22,13 @@ from prometheus_client.registry import Collector
 
 # monitoring::Buckets::Exponential(10, 1.8, 33): 10 µs up to ~20 minutes (util.cc).
 _LATENCY_BUCKETS_USECS = tuple(10 * 1.8**power for power in range(33))
-INSTRUMENTED_APIS = ("Predict", "Classify", "Regress")  # the calls prediction_service_impl.cc records
+# The calls prediction_service_impl.cc records, by gRPC method; v2's ModelInfer counts as a Predict.
+INSTRUMENTED_APIS = {
+    "Predict": "Predict",
+    "Classify": "Classify",
+    "Regress": "Regress",
+    "ModelInfer": "Predict",
+}
 
 REQUEST_LATENCY = Histogram(
     ":tensorflow:serving:request_latency",

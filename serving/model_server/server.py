@@ -23,9 +23,13 @@ from serving.model_server.errors import InvalidArgument, ModelServerError
 from serving.model_server.grpc_loop import LoopGrpcServer
 from serving.model_server.grpc_service import ModelServiceServicer, PredictionServiceServicer
 from serving.model_server.manager import ModelManager
+from serving.model_server.oip.grpc_service import InferenceServicer
+from serving.model_server.oip.rest import OipRestHandler
+from serving.model_server.oip.service import OipService
 from serving.model_server.options import ServerOptions
 from serving.model_server.rest.api import RestApiHandler
 from serving.model_server.rest.http_server import RestApiServer
+from serving.protos.inference import grpc_predict_v2_pb2_grpc
 from serving.protos.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ HEALTH_SERVICE_NAMES = (
     "PredictionService",
     "tensorflow.serving.ModelService",
     "tensorflow.serving.PredictionService",
+    "inference.GRPCInferenceService",
 )
 
 
@@ -88,6 +93,7 @@ class ModelServer:
             self.options.rest_api_num_threads,
             self.options.rest_api_enable_cors_support,
             monitoring_config,
+            OipRestHandler(OipService(self.core), handler),  # the Open Inference Protocol's /v2
         )
         self.rest_api.observers.append(metrics.observe_rest_request)  # TF Serving's REST request metrics
         return self.rest_api.port
@@ -170,8 +176,13 @@ def create_server(
     executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
     core = ModelServerCore(manager, executor)
     grpc_server = LoopGrpcServer(executor, channel_options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServiceServicer(core, options.enable_serialization_as_tensor_content, threads), grpc_server
+    prediction_servicer = PredictionServiceServicer(
+        core, options.enable_serialization_as_tensor_content, threads
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction_servicer, grpc_server)
+    # The Open Inference Protocol beside TF Serving's API, over the same core and run slots.
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(OipService(core), prediction_servicer.run_slots), grpc_server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(core), grpc_server)
     server = ModelServer(grpc_server, core, options, config)

@@ -46,10 +46,12 @@ class RestAnswer:
     """What the HTTP edge sends back, and what a request log or metric needs to know."""
 
     status: int
-    body: str
+    body: str | bytes  # text is sent as UTF-8
     model_name: str = ""
     method: str = ""  # classify, regress or predict (as written in the path); "" otherwise
     error: ModelServerError | None = None
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # more, e.g. the v2 binary extension's header length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,7 @@ class RestApiHandler:
         signature = json_document.signature_name(document)
         tensor_infos = self.core.signature_inputs(target.model_name, signature, **_version(target))
         request_format, inputs = predict_request.predict_inputs(document, tensor_infos, signature)
-        result = self._run(
+        result = self.run(
             self.core.predict(
                 target.model_name, inputs, signature_name=signature, decode=_identity, **_version(target)
             )
@@ -114,18 +116,18 @@ class RestApiHandler:
         signature = json_document.signature_name(document)
         model_input = examples_request.examples_input(document)
         if classify:
-            classified = self._run(
+            classified = self.run(
                 self.core.classify(
                     target.model_name, model_input, signature_name=signature, **_version(target)
                 )
             )
             return json_answers.classification_response(classified.result)
-        regressed = self._run(
+        regressed = self.run(
             self.core.regress(target.model_name, model_input, signature_name=signature, **_version(target))
         )
         return json_answers.regression_response(regressed.result)
 
-    def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
+    def run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
         """Run a core coroutine on the server's loop, bounded by --rest_api_timeout_in_ms; wait for it."""
         if _running_loop() is self.loop:  # waiting here would stop the loop that must answer
             coroutine.close()

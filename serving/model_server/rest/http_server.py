@@ -4,6 +4,7 @@ As TF Serving's http_server.cc: paths under `/v1/` go to the handler, the Promet
 page (when --monitoring_config_file enables it) sits on its own path, `OPTIONS` answers
 CORS preflights, and at most --rest_api_num_threads requests run at once while any
 number of connections stay open (libevent accepts them all; its executor bounds the work).
+Paths under `/v2` go to the Open Inference Protocol's handler (oip/rest.py), when one is set.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -39,6 +41,13 @@ IDLE_CONNECTION_SECONDS = 75  # a kept-alive connection with no request for this
 
 StartResponse = Callable[[str, list[tuple[str, str]]], object]
 RequestObserver = Callable[[str, str, RestAnswer, float], None]
+OIP_PATH = re.compile(r"/v2(?:/.*)?")
+
+
+class HeaderReadingHandler(Protocol):
+    """A handler that needs the request's headers too (the v2 binary extension's), by lower-case name."""
+
+    def handle(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> RestAnswer: ...
 
 
 class _RequestHandler(WSGIRequestHandler):
@@ -59,8 +68,10 @@ class RestApiServer:
         num_threads: int,
         enable_cors: bool = False,
         monitoring_config: MonitoringConfig | None = None,
+        oip_handler: HeaderReadingHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.oip_handler = oip_handler
         self.enable_cors = enable_cors
         self.prometheus_path = monitoring.prometheus_path(monitoring_config or MonitoringConfig())
         self.observers: list[RequestObserver] = []  # e.g. metrics: (http method, path, answer, seconds)
@@ -101,7 +112,8 @@ class RestApiServer:
         if self.prometheus_path is not None and raw_path == self.prometheus_path:
             page, content_type = monitoring.prometheus_page()
             return self._respond(start_response, 200, page, content_type)
-        if not API_PATH.fullmatch(raw_path):
+        is_oip = self.oip_handler is not None and OIP_PATH.fullmatch(raw_path) is not None
+        if not is_oip and not API_PATH.fullmatch(raw_path):
             body = error_response(f"Not found: {method} {raw_path}")
             return self._respond(start_response, 404, body.encode(), JSON_CONTENT_TYPE)
         if method == "OPTIONS":
@@ -109,16 +121,21 @@ class RestApiServer:
         body_bytes = request.get_data(cache=False)
         started = time.perf_counter()
         with self._in_flight_request(), self._slots:
-            answer = self._answer(method, raw_path, body_bytes)
+            headers = {key.lower(): value for key, value in request.headers.items()} if is_oip else None
+            answer = self._answer(method, raw_path, body_bytes, headers)
         elapsed = time.perf_counter() - started
         for observer in self.observers:
             observer(method, raw_path, answer, elapsed)
         logger.debug("REST %s %s -> %d %.1fms", method, raw_path, answer.status, elapsed * 1000)
-        encoded = answer.body.encode("utf-8", "surrogateescape")
-        return self._respond(start_response, answer.status, encoded, JSON_CONTENT_TYPE)
+        encoded = answer.body
+        if isinstance(encoded, str):
+            encoded = encoded.encode("utf-8", "surrogateescape")
+        return self._respond(start_response, answer.status, encoded, answer.content_type, answer.headers)
 
-    def _answer(self, method: str, path: str, body: bytes) -> RestAnswer:
+    def _answer(self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None) -> RestAnswer:
         try:
+            if headers is not None and self.oip_handler is not None:
+                return self.oip_handler.handle(method, path, body, headers)
             return self.handler.handle(method, path, body)
         except Exception as error:  # a fault of ours: answer 500 in JSON, keep serving
             logger.exception("REST %s %s failed", method, path)
@@ -134,11 +151,17 @@ class RestApiServer:
         return self._respond(start_response, http_status(error.code), body, JSON_CONTENT_TYPE)
 
     def _respond(
-        self, start_response: StartResponse, status: int, body: bytes, content_type: str | None
+        self,
+        start_response: StartResponse,
+        status: int,
+        body: bytes,
+        content_type: str | None,
+        extra_headers: Iterable[tuple[str, str]] = (),
     ) -> Iterable[bytes]:
         headers = [("Content-Length", str(len(body)))]
         if content_type:
             headers.append(("Content-Type", content_type))
+        headers.extend(extra_headers)
         if self.enable_cors:
             headers.extend(CORS_HEADERS)
         start_response(f"{status} {_REASONS.get(status, 'Unknown')}", headers)
