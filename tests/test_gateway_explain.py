@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from serving.gateway.config import DEFAULTS
-from serving.gateway.explanations import explanation, heatmap_png
+from serving.gateway.explanations import ExplanationSignature, explanation, find, heatmap_png
 from tests.conftest import MODEL_NAMES, encode
 
 SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
@@ -144,3 +144,17 @@ def test_rendering_rounds_to_four_significant_digits_of_the_peak_and_keeps_blank
     ramp = np.asarray(Image.open(io.BytesIO(heatmap_png(np.linspace(0, 1, 16).reshape(4, 4), 1.0))))
     assert ramp.shape == (4, 4, 3)
     assert (np.diff(ramp.reshape(16, 3).astype(int).sum(axis=1)) > 0).all()  # brighter with the value
+
+
+def test_which_signature_explains_comes_from_the_metadata_and_explain_json():
+    from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
+
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["x"].name, signature.outputs["saliency"].name = "x:0", "s:0"
+    signatures = {"serving_default": meta_graph_pb2.SignatureDef(), "explain": signature}
+    found = find(signatures, {"method": "integrated_gradients"}, "images", "m")
+    assert found == ExplanationSignature("explain", "x", "saliency", "integrated_gradients")
+    assert find(signatures, {}, "images", "m").method == "saliency"  # no explain.json: the signature alone
+    assert find({"serving_default": signature}, {}, "images", "m") is None  # an old export
+    assert find(signatures, {"signature": "other"}, "images", "m") is None
+    assert find(signatures, {"output_key": "heat"}, "images", "m") is None

@@ -15,6 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.gateway import out_of_distribution
 from serving.gateway.call_planner import CallPlanner
 from serving.gateway.model_server_client import PredictCall
 from tests.conftest import MODEL_NAMES, encode
@@ -204,3 +205,21 @@ def test_explain_calls_are_never_shared_with_plain_ones():
     plain = two_output_call(1.0, 1)
     explain = PredictCall("model", 1, "images", plain.output_keys, plain.images, signature_name="explain")
     assert plain.key != explain.key and plain.signature_name == "serving_default"
+
+
+# What the catalog makes of a version's outputs and ood.json (serving/gateway/out_of_distribution.py).
+
+def test_a_score_without_a_usable_threshold_answers_scores_and_null_flags():
+    outputs = {"probabilities": None, "ood_score": None}
+    assert out_of_distribution.find({"probabilities": None}, {}, "m") is None  # an old export
+    for asset in ({}, {"threshold": "high"}, {"threshold": float("nan")}, {"threshold": True}):
+        found = out_of_distribution.find(outputs, asset, "m")
+        assert found is not None and found.threshold is None and found.describe() is None
+        assert found.judge(np.array([0.5, 3.0])) == ([0.5, 3.0], [None, None])
+    found = out_of_distribution.find(outputs, {"threshold": 1, "method": "energy"}, "m")
+    assert found is not None and found.describe() == {
+        "threshold": 1.0, "method": "energy", "target_in_distribution_flag_rate": None}
+    scores, flags = found.judge(np.array([0.123456, 1.0, 1.5, np.nan]))
+    assert scores == [0.1235, 1.0, 1.5, None] and flags == [True, True, False, None]
+    # ood.json naming an output serving_default lacks: no flag, rather than a failing request.
+    assert out_of_distribution.find(outputs, {"output_key": "other", "threshold": 1.0}, "m") is None
