@@ -160,3 +160,46 @@ def test_kserve_inference_service_fits_the_rest():
     assert environment["STORAGE_URI"] == f"pvc://{claim}" and environment["MODELS"] == name
     assert environment["MODEL_SERVER"] == f"{name}-predictor:80"
     assert environment["GATEWAY_PORT"] == str(transformer["ports"][0]["containerPort"]) == "8080"
+
+
+def test_kserve_v2_inference_service_runs_the_embedded_model_server():
+    from serving.model_server.flags import parse_command_line
+
+    runtime = k8s_object("ServingRuntime", "pixelgate-model-server")
+    service = k8s_object("InferenceService", "mnist-v2")
+    predictor, model = service["spec"]["predictor"], service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "v2"
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    assert model["modelFormat"]["name"] in {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]}
+    container = runtime["spec"]["containers"][0]
+    assert container["command"] == ["python3", "-m", "serving.model_server"]
+    arguments = container["args"] + model["args"]
+    options = parse_command_line(arguments).options  # only flags the embedded server takes
+    flags = flag_values(arguments)
+    assert options.model_name == "mnist" and flags["model_base_path"] == "/mnt/models"
+    claim = k8s_object("PersistentVolumeClaim", "pixelgate-models")["metadata"]["name"]
+    assert model["storageUri"] == f"pvc://{claim}/{options.model_name}"
+    assert str(container["ports"][0]["containerPort"]) == flags["rest_api_port"]
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": int(flags["rest_api_port"])}
+    directory = _configmap_directory(predictor, model)
+    for flag in FILE_FLAGS:
+        if flag in flags:
+            path = Path(flags[flag])
+            assert path.parent == directory and path.name in {file.name for file in CONFIGMAP_FILES}, flag
+    # The server's code comes out of the gateway image, into the directory it runs from.
+    (copier,) = predictor["initContainers"]
+    code = next(mount for mount in model["volumeMounts"] if mount["mountPath"] == container["workingDir"])
+    assert copier["image"] == "pixelgate-gateway" and container["image"] == "pixelgate-training"
+    assert copier["command"][-2:] == ["/app/serving", container["workingDir"] + "/"]
+    assert {mount["name"] for mount in copier["volumeMounts"]} == {code["name"]}
+    gateway_image = (DOCKER / "Dockerfile.gateway").read_text()
+    assert "WORKDIR /app\n" in gateway_image and "COPY serving/ serving/" in gateway_image  # /app/serving
+    # The pod KServe builds, checked against Kubernetes' schemas like the other manifests.
+    main = {key: value for key, value in model.items()
+            if key not in ("modelFormat", "runtime", "protocolVersion", "storageUri", "args")}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mnist-v2-predictor"},
+           "spec": {"initContainers": predictor["initContainers"], "volumes": predictor["volumes"],
+                    "containers": [{**container, **main, "args": arguments}]}}
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
