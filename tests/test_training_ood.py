@@ -193,3 +193,17 @@ def test_auroc_and_fpr95_by_hand():
     assert auroc([0, 2], [1, 3]) == 0.75
     inside = np.arange(100)  # 95th percentile: 94.05
     assert fpr_at_95_tpr(inside, [94, 95, 200, 300]) == 0.25
+
+
+def test_a_photo_score_flags_solid_colours_and_measures_texture():
+    """Without a network: fit on random photos and features, calibrate, then score solid colours."""
+    rng = np.random.default_rng(0)
+    images = rng.random((200, 8, 8, 3)).astype(np.float32)
+    features, logits = rng.random((200, 16)).astype(np.float32), rng.normal(size=(200, 10)).astype(np.float32)
+    score = ood.fit_ood_score(features, rng.integers(0, 10, 200), images, 10, light_on_dark=False)
+    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness"]
+    score = ood.calibrate(score, images, features, logits)
+    assert score.calibration == {"split": "validation", "images": 200, "in_distribution_flag_rate": 0.05}
+    solid = np.broadcast_to(np.array([0.1, 0.5, 0.9], np.float32), (2, 8, 8, 3)).copy()
+    scores = ood.ood_scores(score, tf.constant(solid), features[:2], logits[:2]).numpy()
+    assert np.all(scores > score.threshold + ood.EMPTY_SCORE / 2)
