@@ -35,9 +35,9 @@ def trained(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "export_model", keep_arguments)
-        version_dir = pipeline.train_and_export("mnist", profile="tiny", models_dir=models_dir, data_dir=DATA_DIR,
-                                                limit=4000, epochs=2, verbose=0, latency_runs=2,
-                                                ood_images=60, ood_test_images=300)
+        version_dir = pipeline.train_and_export(
+            "mnist", profile="tiny", models_dir=models_dir, data_dir=DATA_DIR, limit=4000, epochs=2,
+            verbose=0, latency_runs=2, ood_images=60, ood_test_images=300)
     return version_dir, exported["model"], exported["score"]
 
 

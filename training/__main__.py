@@ -58,7 +58,8 @@ def evaluate_command(args):
         exact_accuracy = evaluate(model, x_test[exact], y_test[exact])["accuracy"]
         print(f"{args.model}: accuracy {exact_accuracy:.2%} on the {exact.sum()} exact test images")
     if model.ood is None:
-        print(f"{args.model}: version {model.version_dir.name} was exported without an out-of-distribution score")
+        print(f"{args.model}: version {model.version_dir.name} was exported without an "
+              "out-of-distribution score")
         return 0
     from .ood_report import evaluate_ood, render_table
 

@@ -140,7 +140,8 @@ def _serving_module(model, spec, asset_source, ood_score=None):
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(images):
             probabilities, features, logits = classifier(images)
-            return {OUTPUT_KEY: probabilities, ood.OUTPUT_KEY: ood.ood_scores(ood_score, images, features, logits)}
+            scores = ood.ood_scores(ood_score, images, features, logits)
+            return {OUTPUT_KEY: probabilities, ood.OUTPUT_KEY: scores}
 
     @tf.function(input_signature=[image_spec], autograph=False)
     def explain(images):
@@ -166,8 +167,8 @@ def integrated_gradients(model, images, labels, steps=EXPLAIN_STEPS):
         probabilities = model(path, training=False)
         chosen = tf.gather(probabilities, tf.tile(labels, [steps]), batch_dims=1)
     gradients = tape.gradient(chosen, path)
-    mean_gradient = tf.reduce_mean(tf.reshape(gradients, tf.concat([[steps, count], tf.shape(images)[1:]], 0)),
-                                   axis=0)
+    per_step = tf.reshape(gradients, tf.concat([[steps, count], tf.shape(images)[1:]], axis=0))
+    mean_gradient = tf.reduce_mean(per_step, axis=0)
     return tf.nn.relu(tf.reduce_sum(mean_gradient * images, axis=-1))
 
 

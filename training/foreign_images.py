@@ -108,9 +108,10 @@ def _glyph(rng, spec):
     left, top, right, bottom = draw.textbbox((0, 0), character, font=font)
     x = (size - (right - left)) / 2 - left + rng.uniform(-0.1, 0.1) * size
     y = (size - (bottom - top)) / 2 - top + rng.uniform(-0.1, 0.1) * size
-    draw.text((x, y), character, fill=ink, font=font, stroke_width=int(rng.integers(0, size // 24 + 1)),
-              stroke_fill=ink)
-    canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BICUBIC, fillcolor=background)
+    stroke = int(rng.integers(0, size // 24 + 1))
+    draw.text((x, y), character, fill=ink, font=font, stroke_width=stroke, stroke_fill=ink)
+    angle = float(rng.uniform(-20, 20))
+    canvas = canvas.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=background)
     return _from_pil(canvas.resize((spec.width, spec.height), Image.Resampling.LANCZOS), spec)
 
 

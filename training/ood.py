@@ -132,7 +132,8 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, compo
     flat = np.asarray(images, np.float32).reshape(len(images), -1)
     if light_on_dark:
         counts = (flat > FOREGROUND_LEVEL).sum(axis=1)
-        score.min_foreground_pixels = int(0.5 * np.percentile(counts, 0.01))  # half the sparsest training image's
+        # Half the foreground of the sparsest training images.
+        score.min_foreground_pixels = int(0.5 * np.percentile(counts, 0.01))
     if "mahalanobis" in components:
         _fit_mahalanobis(score, np.asarray(features, np.float64), labels, num_classes)
     if "input_pca" in components:

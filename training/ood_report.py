@@ -39,7 +39,8 @@ def compare_scores(inside_scores, outside_scores, inside_probabilities, outside_
     }
 
 
-def evaluate_ood(model, name, preprocessing, threshold, *, data_dir=None, count=1000, test_count=None, seed=0):
+def evaluate_ood(model, name, preprocessing, threshold, *, data_dir=None, count=1000, test_count=None,
+                 seed=0):
     """`model.predict_with_scores(float32 images) -> (probabilities, scores)` against the test set
     and each kind of foreign image, all preprocessed as the gateway does with `preprocessing`."""
     _, (x_test, y_test) = load_data(name, data_dir)

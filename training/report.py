@@ -246,7 +246,8 @@ def _out_of_distribution_section(record):
     return [
         "## Out-of-distribution score",
         "",
-        f"`ood_score` ({record.get('ood_method')}); an image is flagged above {result['threshold']:.4g}, the threshold that "
+        f"`ood_score` ({record.get('ood_method')}); an image is flagged above {result['threshold']:.4g}, "
+        "the threshold that "
         f"flagged {calibration.get('in_distribution_flag_rate', float('nan')):.2%} of the "
         f"{calibration.get('images', 0):,} validation images (target 5 %). Foreign images of each kind: "
         f"{next(iter(result['kinds'].values()))['images']:,}, made by training/foreign_images.py (seed "
