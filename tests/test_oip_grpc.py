@@ -77,6 +77,7 @@ def test_metadata_readiness_and_health(oip_server, stub):
     assert stub.ServerLive(pb.ServerLiveRequest()).live
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
     assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version="1")).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version="stable")).ready
     metadata = stub.ServerMetadata(pb.ServerMetadataRequest())
     assert (metadata.name, list(metadata.extensions)) == (
         "pixelgate",
@@ -104,7 +105,7 @@ ONE = images(1)
 CASES = {
     "unknown model": (pb.ModelInferRequest(model_name="nope"), grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
     "unknown version": (_request(ONE, model_version="9"), grpc.StatusCode.NOT_FOUND, "Specific(digits, 9)"),
-    "version not a number": (_request(ONE, model_version="v1"), grpc.StatusCode.NOT_FOUND, "version v1"),
+    "unknown version label": (_request(ONE, model_version="beta"), grpc.StatusCode.NOT_FOUND, "label: beta"),
     "raw bytes not matching the shape": (
         pb.ModelInferRequest(
             model_name=MODEL,

@@ -49,6 +49,10 @@ def test_server_routes(oip_server):
     assert get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
     assert get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 200
     assert get(f"/v2/models/{MODEL}/versions/9/ready").status_code == 404
+    assert get(f"/v2/models/{MODEL}/versions/stable/ready").json() == {"name": MODEL, "ready": True}
+    assert get(f"/v2/models/{MODEL}/versions/beta/ready").json() == {
+        "error": "Unrecognized servable version label: beta"
+    }
     assert get("/v2/models/nope").status_code == 404
 
 
@@ -66,7 +70,9 @@ def test_json_infer_equals_predict_and_is_counted(oip_server):
     np.testing.assert_allclose(np.reshape(output["data"], (4, 10)), expected, rtol=0, atol=1e-6)
     # Flat data (the protocol allows both) and an explicit version.
     flat = {"inputs": [_input(batch, data=batch.reshape(-1).tolist())]}
-    answer = _infer(oip_server, json.dumps(flat), path=f"/v2/models/{MODEL}/versions/1/infer").json()
+    # A version label picks the version as in TF Serving's API.
+    answer = _infer(oip_server, json.dumps(flat), path=f"/v2/models/{MODEL}/versions/stable/infer").json()
+    assert answer["model_version"] == "1"
     np.testing.assert_allclose(
         np.reshape(answer["outputs"][0]["data"], (4, 10)),
         tf_serving_predict(oip_server.grpc, batch, 1),

@@ -2,8 +2,9 @@
 real clients' scripts in .venv-oip (make oip-clients) and read back what they saw.
 
 `digits`: two versions of the tiny Keras classifier (tests/model_fixtures), both served
-(version policy `all`), each with its class names in assets/labels.txt; batching on, with
-the parameters `make serve` uses, so v2 requests take the batching path Predict takes.
+(version policy `all`, version 1 labelled `stable`), each with its class names in
+assets/labels.txt; batching on, with the parameters `make serve` uses, so v2 requests take the
+batching path Predict takes.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def oip_server(tmp_path_factory):
         (export_dir / "assets" / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
     config = parse_model_server_config(f"""model_config_list {{
       config {{ name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow"
-               model_version_policy {{ all {{}} }} }}
+               model_version_policy {{ all {{}} }} version_labels {{ key: "stable" value: 1 }} }}
     }}""")
     options = ServerOptions(
         file_system_poll_wait_seconds=0,
+        allow_version_labels_for_unavailable_models=True,  # the label names a version loaded below
         enable_batching=True,
         batching_parameters_file=str(ROOT / "serving" / "config" / "batching_parameters.txt"),
     )

@@ -2,7 +2,8 @@
 
 Plain Python in and out, over ModelServerCore: infer is the core's predict (same version
 policy, validation, batching, metrics of the run) plus Triton's classification extension;
-metadata is the version's `serving_default` signature in v2 terms. rest.py and
+metadata is the version's `serving_default` signature in v2 terms. A v2 version string is a
+version number or one of the model's version labels (`stable`, `canary`). rest.py and
 grpc_service.py only translate to and from this.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.model_server.core import ModelServerCore
-from serving.model_server.errors import NotFound
+from serving.model_server.errors import InvalidArgument, NotFound
 from serving.model_server.manager import VersionState
 from serving.model_server.oip import tensors
 from serving.model_server.predict import DEFAULT_SIGNATURE
@@ -62,7 +63,7 @@ class OipService:
         available = self._available_versions(model_name)
         if not version:
             return bool(available)
-        number = _version_number(model_name, version)
+        number = self._version_number(model_name, version)
         if number not in states:
             raise NotFound(f"Could not find version {version} of model {model_name}")
         return number in available
@@ -70,7 +71,9 @@ class OipService:
     def model_metadata(self, model_name: str, version: str = "") -> dict[str, Any]:
         """Name, available versions, platform and the default signature's tensors."""
         metadata = self.core.get_model_metadata(
-            model_name, ["signature_def"], version=_version_number(model_name, version) if version else None
+            model_name,
+            ["signature_def"],
+            version=self._version_number(model_name, version) if version else None,
         )
         signature = metadata.signature_defs.get(DEFAULT_SIGNATURE, meta_graph_pb2.SignatureDef())
         return {
@@ -89,7 +92,7 @@ class OipService:
         outputs: Sequence[RequestedOutput] = (),
     ) -> InferResult:
         """Run the default signature through the core's predict; `outputs` selects and classifies."""
-        number = _version_number(model_name, version) if version else None
+        number = self._version_number(model_name, version) if version else None
         # Held across the run: classification reads the labels of the very version that answered.
         with self.core.manager.servable(model_name, number) as bundle:
             result = await self.core.predict(
@@ -110,16 +113,19 @@ class OipService:
                 ]
         return InferResult(result.model_name, result.version, answers)
 
+    def _version_number(self, model_name: str, version: str) -> int:
+        """A v2 version string: a TF Serving version number, or one of the model's version labels."""
+        if version.isascii() and version.isdigit() and len(version) <= 18:
+            return int(version)
+        try:
+            with self.core.manager.servable(model_name, version_label=version) as bundle:
+                return bundle.version
+        except InvalidArgument as error:  # an unknown label: for v2, an unknown version
+            raise NotFound(error.message) from None
+
     def _available_versions(self, model_name: str) -> list[int]:
         states = self.core.manager.version_states(model_name)
         return [number for number, status in states.items() if status.state == VersionState.AVAILABLE]
-
-
-def _version_number(model_name: str, version: str) -> int:
-    # v2 versions are strings; TF Serving's are integers, so any other string names no version.
-    if not version.isascii() or not version.isdigit() or len(version) > 18:
-        raise NotFound(f"Could not find version {version} of model {model_name}")
-    return int(version)
 
 
 def _tensors_metadata(infos: Mapping[str, meta_graph_pb2.TensorInfo]) -> list[dict[str, Any]]:
