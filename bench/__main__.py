@@ -1,6 +1,7 @@
 """`python -m bench` (what `make bench` runs): one bounded run that measures, per model, the
-in-process limit, the model server over gRPC with and without batching, the gateway end to end
-and the tutorial Flask app, then prints the table and writes it to bench-results/.
+in-process limit, the model server over gRPC with and without batching (TF Serving's Predict, and
+KServe v2's ModelInfer at c=32 beside it), the gateway end to end and the tutorial Flask app,
+then prints the table and writes it to bench-results/.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ def parse_arguments() -> argparse.Namespace:
         "--skip",
         nargs="*",
         default=[],
-        choices=["inprocess", "server", "batching", "small", "floor", "gateway", "tutorial", "devserver"],
-        help="phases to leave out (server: the model server without batching; small: with the "
+        choices=[
+            "inprocess", "server", "batching", "v2", "small", "floor", "gateway", "tutorial", "devserver"
+        ],
+        help="phases to leave out (server: the model server without batching; v2: KServe v2's gRPC "
+        "ModelInfer at c=32 on the batching server, run after its Predict rows; small: with the "
         "small-model batching configuration; devserver: the tutorial app's reference row on "
         "Flask's development server)",
     )
@@ -147,6 +151,11 @@ def main() -> int:
             if "batching" in args.skip:
                 continue
             phases.grpc_runs(args, result, report.SERVER_BATCHING, server.target, server.pid, workload)
+            if "v2" not in args.skip:  # right after Predict's c=32 run, on the same server and flags
+                phases.grpc_runs(
+                    args, result, report.SERVER_V2, server.target, server.pid, workload, [32],
+                    method=grpc_load.MODEL_INFER,
+                )
             phases.grpc_half_saturation(args, result, server.target, server.pid, workload)
         if "gateway" not in args.skip:
             tutorial_results = phases.run_gateway(args, result, workloads, server, models_dir, wrk, logs)

@@ -1,4 +1,5 @@
-"""Load generators for TF Serving's Predict, each over one HTTP/2 connection.
+"""Load generators for TF Serving's Predict (or the Open Inference Protocol's ModelInfer, by
+`method`), each over one HTTP/2 connection.
 
 - `run_h2load`: nghttp2's h2load (C), N calls always in flight with one pre-serialized
   request, gRPC-framed. It leaves the shared cores to the model server (docs/benchmarks.md
@@ -32,6 +33,7 @@ from bench.pacing import paced
 from bench.stats import LoadResult, from_latencies
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"  # KServe v2, on the same port
 MAX_IN_FLIGHT_OPEN_LOOP = 512
 logger = logging.getLogger(__name__)
 
@@ -59,15 +61,16 @@ def run_h2load(
     model: str,
     warmup: float = 1.0,
     answer_size: int | None = None,
+    method: str = PREDICT,
 ) -> LoadResult:
-    """`concurrency` Predict calls always in flight for `seconds` (after `warmup`), with h2load.
+    """`concurrency` calls of `method` always in flight for `seconds` (after `warmup`), with h2load.
 
-    `answer_size`: the serialized PredictResponse's size; by default one call asks for it.
+    `answer_size`: the serialized answer's size; by default one call asks for it.
     """
     request = requests[0]  # one request: h2load sends one body; every image costs a model the same
     if answer_size is None:
         with grpc.insecure_channel(target) as channel:
-            answer_size = len(channel.unary_unary(PREDICT)(request, timeout=60))
+            answer_size = len(channel.unary_unary(method)(request, timeout=60))
     with tempfile.TemporaryDirectory(prefix="pixelgate-h2load-") as directory:
         body, log = Path(directory) / "request", Path(directory) / "requests.log"
         body.write_bytes(_grpc_frame(request))
@@ -80,7 +83,7 @@ def run_h2load(
             "--header=te: trailers",
             f"--data={body}",
         ]
-        url = f"http://{target}{PREDICT}"
+        url = f"http://{target}{method}"
         sent = 0
         if warmup > 0:
             warm = _run(command + [f"--duration={round(warmup * 1000)}ms", url], warmup)
@@ -125,9 +128,9 @@ def _run(command: list[str], seconds: float) -> dict[str, int]:
 
 def run_closed_loop(
     target: str, requests: list[bytes], concurrency: int, seconds: float, *, label: str, model: str,
-    warmup: float = 1.0,
+    warmup: float = 1.0, method: str = PREDICT,
 ) -> LoadResult:
-    return asyncio.run(_closed_loop(target, requests, concurrency, seconds, warmup, label, model))
+    return asyncio.run(_closed_loop(target, requests, concurrency, seconds, warmup, label, model, method))
 
 
 def run_open_loop(
@@ -136,12 +139,12 @@ def run_open_loop(
     return asyncio.run(_open_loop(target, requests, rate, seconds, label, model))
 
 
-async def _closed_loop(target, requests, concurrency, seconds, warmup, label, model) -> LoadResult:
+async def _closed_loop(target, requests, concurrency, seconds, warmup, label, model, method) -> LoadResult:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     sent = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        predict = channel.unary_unary(PREDICT)  # no (de)serializers: bytes in, bytes out
+        predict = channel.unary_unary(method)  # no (de)serializers: bytes in, bytes out
         cycle = itertools.cycle(requests)
         start = time.perf_counter()
         measure_from, end = start + warmup, start + warmup + seconds

@@ -96,15 +96,20 @@ def grpc_runs(
     pid: int,
     workload: Workload,
     concurrencies: list[int] | None = None,
+    method: str = grpc_load.PREDICT,
 ) -> None:
-    """Single-image Predict at each of the concurrencies, with the serving process's CPU."""
+    """Single-image Predict (or v2 ModelInfer, by `method`) at each of the concurrencies, with the
+    serving process's CPU."""
+    requests = (
+        workload.model_infer_requests() if method == grpc_load.MODEL_INFER else workload.predict_requests()
+    )
     for concurrency in concurrencies or args.concurrency:
         closed_loop = (
             partial(grpc_load.run_h2load, args.h2load) if args.h2load else grpc_load.run_closed_loop
         )
         run = partial(
-            closed_loop, target, workload.predict_requests(), concurrency, args.seconds,
-            label=label, model=workload.model,
+            closed_loop, target, requests, concurrency, args.seconds,
+            label=label, model=workload.model, method=method,
         )
         result.results.append(best_of(args.rounds, partial(with_cpu, [pid], run)))
 

@@ -13,6 +13,9 @@ IN_PROCESS = "in-process signature"
 SERVER = "model server gRPC"
 SERVER_BATCHING = "model server gRPC, batching"
 SERVER_SMALL = "model server, small-model cfg"  # batching_parameters.txt, inter-op 1
+# KServe v2's gRPC ModelInfer on the batching server, against its Predict row at c=32.
+SERVER_V2 = "v2 gRPC ModelInfer, batching"
+V2_GOAL = 0.9  # issue 33: v2 within 10 % of TF Serving's Predict
 FLOOR = "Python gRPC floor (no model)"
 GATEWAY = "gateway HTTP (PNG)"
 TUTORIAL = "tutorial app, gunicorn (PNG)"  # the yardstick: the goals compare the gateway with it
@@ -110,6 +113,14 @@ def ratio_lines(report: Report) -> list[str]:
                     else ""
                 )
                 lines.append(f"{model:<8} {target} at c=32 / in-process batch 32: {share:.0%}{verdict}")
+        predict, infer = report.find(SERVER_BATCHING, model, 32), report.find(SERVER_V2, model, 32)
+        if predict and infer and predict.throughput:
+            ratio = infer.throughput / predict.throughput
+            verdict = "met" if ratio >= V2_GOAL else "MISSED"
+            lines.append(
+                f"{model:<8} v2 ModelInfer / Predict at c=32 (gRPC, batching): {ratio:.2f}  "
+                f"goal >= {V2_GOAL}: {verdict}"
+            )
         for target in (SERVER_BATCHING, GATEWAY):
             half = report.find(target, model, rate=True)
             if half and half.p50_ms:

@@ -1,5 +1,6 @@
-"""What the benchmark sends: real test-set images, as PNG uploads and as TF Serving Predict
-requests already serialized (so the load generator spends nothing on encoding).
+"""What the benchmark sends: real test-set images, as PNG uploads, and as TF Serving Predict
+and Open Inference Protocol (KServe v2) ModelInfer requests already serialized (so the load
+generator spends nothing on encoding).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from serving.protos.inference import grpc_predict_v2_pb2
 from serving.protos.tensorflow_serving.apis import predict_pb2
 from serving.tensors import make_tensor_proto
 
@@ -25,6 +27,7 @@ class Workload:
     model: str
     images: np.ndarray  # uint8 [N, H, W, C]
     input_key: str
+    output_key: str = "probabilities"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -53,6 +56,19 @@ class Workload:
             requests.append(request.SerializeToString())
         return requests
 
+    def model_infer_requests(self) -> list[bytes]:
+        """The same images as serialized single-image ModelInferRequests: the signature's input
+        as FP32 in raw_input_contents (the bytes Predict's tensor_content carries; tritonclient's
+        default), asking for the output Predict answers."""
+        requests = []
+        for image in self.floats():
+            request = grpc_predict_v2_pb2.ModelInferRequest(model_name=self.model)
+            request.inputs.add(name=self.input_key, datatype="FP32", shape=[1, *image.shape])
+            request.outputs.add(name=self.output_key)
+            request.raw_input_contents.append(np.ascontiguousarray(image, dtype="<f4").tobytes())
+            requests.append(request.SerializeToString())
+        return requests
+
 
 def load_workload(model: str, data_dir: str | os.PathLike[str], models_dir: Path) -> Workload:
     from training.datasets import load_data  # reads the standard files; no TensorFlow
@@ -60,10 +76,13 @@ def load_workload(model: str, data_dir: str | os.PathLike[str], models_dir: Path
     _, (x_test, _) = load_data(model, data_dir)
     version = max(int(path.name) for path in (models_dir / model).iterdir() if path.name.isdigit())
     spec_path = models_dir / model / str(version) / "assets" / "preprocessing.json"
-    input_key = (
-        json.loads(spec_path.read_text()).get("input_key", "images") if spec_path.exists() else "images"
+    spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+    return Workload(
+        model,
+        x_test[:DISTINCT_IMAGES],
+        spec.get("input_key", "images"),
+        spec.get("output_key", "probabilities"),
     )
-    return Workload(model, x_test[:DISTINCT_IMAGES], input_key)
 
 
 def encode_png(image: np.ndarray) -> bytes:

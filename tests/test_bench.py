@@ -9,13 +9,16 @@ import platform
 import shutil
 
 import grpc
+import numpy as np
 import pytest
 
 from bench import grpc_load, http_load, report
 from bench.cpu import cpu_description
 from bench.stats import LoadResult
 from bench.workload import MULTIPART_CONTENT_TYPE, load_workload
+from serving.protos.inference import grpc_predict_v2_pb2
 from serving.protos.tensorflow_serving.apis import predict_pb2
+from serving.tensors import make_ndarray
 from tests.conftest import DATA_DIR
 
 
@@ -62,9 +65,43 @@ def test_h2load_counts_answered_predicts_and_not_refused_ones(model_server, work
     assert failed.requests == 0 and failed.errors["NO_MESSAGE"] > 4
 
 
-def grpc_load_answer(target: str, request: bytes) -> bytes:
+def grpc_load_answer(target: str, request: bytes, method: str = grpc_load.PREDICT) -> bytes:
     with grpc.insecure_channel(target) as channel:
-        return channel.unary_unary(grpc_load.PREDICT)(request, timeout=30)
+        return channel.unary_unary(method)(request, timeout=30)
+
+
+def test_v2_model_infer_requests_carry_the_predict_images_and_get_its_answers(model_server, workload):
+    infer, predict = workload.model_infer_requests(), workload.predict_requests()
+    assert len(infer) == len(predict)
+    request = grpc_predict_v2_pb2.ModelInferRequest.FromString(infer[0])
+    (tensor,) = request.inputs
+    assert (request.model_name, tensor.name, tensor.datatype, list(tensor.shape)) == (
+        "mnist", workload.input_key, "FP32", [1, *workload.shape]
+    )
+    assert [output.name for output in request.outputs] == ["probabilities"]
+    image = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(workload.shape)
+    assert np.array_equal(image, workload.floats()[0])  # the bytes Predict's tensor_content has
+    answer = grpc_predict_v2_pb2.ModelInferResponse.FromString(
+        grpc_load_answer(model_server, infer[0], grpc_load.MODEL_INFER)
+    )
+    predicted = predict_pb2.PredictResponse.FromString(grpc_load_answer(model_server, predict[0]))
+    assert [output.name for output in answer.outputs] == ["probabilities"]
+    probabilities = make_ndarray(predicted.outputs["probabilities"]).ravel()
+    np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], "<f4"), probabilities, atol=1e-6)
+    closed = grpc_load.run_closed_loop(
+        model_server, infer, 4, 0.5, label=report.SERVER_V2, model="mnist", warmup=0.1,
+        method=grpc_load.MODEL_INFER,
+    )
+    assert closed.requests > 0 and not closed.errors
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)")
+def test_h2load_runs_model_infer_at_c32(model_server, workload):
+    answered = grpc_load.run_h2load(
+        shutil.which("h2load"), model_server, workload.model_infer_requests(), 32, 1.0, warmup=0.2,
+        label=report.SERVER_V2, model="mnist", method=grpc_load.MODEL_INFER,
+    )  # its answers counted by their size, as Predict's (a refused call has none: test above)
+    assert answered.requests > 0 and not answered.errors and answered.tool == "h2load"
 
 
 def test_http_load_posts_pngs_the_gateway_accepts(gateway_url, workload):
@@ -105,6 +142,7 @@ def test_report_shows_every_run_and_judges_the_goals():
     runs = report.Report(header=["test"], in_process={"mnist": {1: 100.0, 32: 1000.0}})
     for target, throughput_per_second in (
         (report.SERVER_BATCHING, 700),
+        (report.SERVER_V2, 665),
         (report.GATEWAY, 300),
         (report.TUTORIAL, 100),
         (report.TUTORIAL_DEV, 60),
@@ -120,6 +158,9 @@ def test_report_shows_every_run_and_judges_the_goals():
     assert "gateway / tutorial (Flask dev server) at c=32: 5.00x  (for reference: no goal)" in text
     assert f"mnist    {report.TUTORIAL_DEV:<30}      c=32" in text
     assert "model server gRPC, batching at c=32 / in-process batch 32: 70%  goal >= 60%: met" in text
+    assert "v2 ModelInfer / Predict at c=32 (gRPC, batching): 0.95  goal >= 0.9: met" in text
+    runs.results[1].requests = 1200  # 600/s: 0.86 of Predict's
+    assert "Predict at c=32 (gRPC, batching): 0.86  goal >= 0.9: MISSED" in report.render(runs)
     assert text.count("mnist ") >= 5
 
 
