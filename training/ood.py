@@ -165,7 +165,9 @@ def component_scores(score, images, features, logits):
     """{component: raw score [N]} in float32 TensorFlow ops, as the graph computes them."""
     scores = {}
     if "energy" in score.standardization:
-        scores["energy"] = -tf.reduce_logsumexp(logits, axis=1)
+        # -logsumexp by hand: tf.reduce_logsumexp adds checks for infinite logits, four ops more.
+        largest = tf.reduce_max(logits, axis=1, keepdims=True)
+        scores["energy"] = -(largest[:, 0] + tf.math.log(tf.reduce_sum(tf.exp(logits - largest), axis=1)))
     if "mahalanobis" in score.standardization:
         features = tf.convert_to_tensor(features, tf.float32) - score.feature_mean
         weights = tf.constant(np.concatenate([score.feature_projection, score.feature_cross], axis=1))
@@ -190,14 +192,13 @@ def component_scores(score, images, features, logits):
 
 def empty_frames(score, images):
     """float32 [N]: 1 where the frame is (nearly) constant or, light on dark, has almost no foreground."""
-    spread = tf.reduce_max(images, axis=[1, 2]) - tf.reduce_min(images, axis=[1, 2])
-    if images.shape[-1] != 1:
-        spread = tf.reduce_max(spread, axis=1, keepdims=True)
-    empty = spread[:, 0] < MIN_RANGE  # in every channel: a solid colour is empty too
+    # In every channel: a solid colour is empty too.
+    spread = tf.reduce_max(tf.reduce_max(images, axis=[1, 2]) - tf.reduce_min(images, axis=[1, 2]), axis=1)
+    empty = tf.cast(spread < MIN_RANGE, tf.float32)
     if score.min_foreground_pixels:
         foreground = tf.reduce_sum(tf.cast(images > FOREGROUND_LEVEL, tf.float32), axis=[1, 2, 3])
-        empty = tf.logical_or(empty, foreground < score.min_foreground_pixels)
-    return tf.cast(empty, tf.float32)
+        empty = tf.maximum(empty, tf.cast(foreground < score.min_foreground_pixels, tf.float32))
+    return empty
 
 
 def ood_scores(score, images, features, logits):
