@@ -78,7 +78,7 @@ def model_config_file(models_dir):
 @pytest.fixture(scope="session")
 def model_server(model_config_file):
     """host:port of the real embedded model server, started with TF Serving's flags and the
-    batching that `make serve` runs it with (its max_batch_size refuses a larger call)."""
+    batching that `make serve` runs it with."""
     port = stack.free_port()
     process = stack.start_model_server(
         port, model_config_file, "--file_system_poll_wait_seconds=1",

@@ -21,8 +21,8 @@ from tests.conftest import MODEL_NAMES, encode
 
 CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 
@@ -58,8 +58,8 @@ def test_predictions_match_the_exported_model(gateway_url, test_images, direct_m
 @pytest.mark.parametrize("count", [33, 64])
 def test_more_images_than_one_predict_call_holds_are_answered_in_order(gateway_url, test_images, direct_model,
                                                                       count):
-    """The model server (max_batch_size 32, as `make serve` runs it) refuses a larger call: the
-    gateway sends the request as calls of 32 at most and joins their answers in order."""
+    """The gateway sends the request as calls of MAX_IMAGES_PER_CALL (32) at most and joins
+    their answers in order."""
     images, _ = test_images["cifar10"]
     response = predict(gateway_url, "cifar10", files=[("image", encode(image)) for image in images[:count]])
     assert response.status_code == 200, response.text
@@ -82,7 +82,8 @@ def test_mnist_digits_get_their_right_label(gateway_url, test_images):
 def test_raw_body_and_json_b64_give_the_same_answer(gateway_url, test_images):
     png = encode(test_images["mnist"][0][0])
     raw = predict(gateway_url, "mnist", data=png, headers={"Content-Type": "image/png"}).json()
-    as_json = predict(gateway_url, "mnist", json={"instances": [{"b64": base64.b64encode(png).decode()}]}).json()
+    instances = {"instances": [{"b64": base64.b64encode(png).decode()}]}
+    as_json = predict(gateway_url, "mnist", json=instances).json()
     multipart = predict(gateway_url, "mnist", files={"image": png}).json()
     assert raw == as_json == multipart
 
@@ -177,8 +178,8 @@ def test_request_id_is_returned(gateway_url):
     assert json.loads(response.text) == {"status": "ok"}
 
 
-def test_a_model_with_unusable_preprocessing_assets_is_unavailable_not_a_500(model_server, models_dir, tmp_path,
-                                                                             test_images):
+def test_a_model_with_unusable_preprocessing_assets_is_unavailable_not_a_500(
+        model_server, models_dir, tmp_path, test_images):
     """A version whose preprocessing.json names no known mode: the gateway lists it UNAVAILABLE,
     answers its predictions 503 with a JSON error, is not ready, and serves the other models."""
     from tests.gateway_stack import GatewayProcess
@@ -242,8 +243,9 @@ def test_the_stack_says_which_setting_to_change_when_its_port_is_taken(models_di
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         finished = subprocess.run(
-            [sys.executable, "-m", "serving.stack", f"--models-dir={tmp_path}", f"--grpc-port={stack.free_port()}",
-             f"--http-port={taken.getsockname()[1]}", "--rest-port=0", "--host=127.0.0.1"],
+            [sys.executable, "-m", "serving.stack", f"--models-dir={tmp_path}",
+             f"--grpc-port={stack.free_port()}", f"--http-port={taken.getsockname()[1]}", "--rest-port=0",
+             "--host=127.0.0.1"],
             cwd=stack.ROOT, capture_output=True, text=True, timeout=180,
         )
     assert finished.returncode == 1

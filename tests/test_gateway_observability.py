@@ -83,15 +83,19 @@ def test_a_chunked_upload_is_logged_and_measured_with_the_bytes_it_sent(secured_
     """No Content-Length: the log line's request_bytes and the size metric count what was read."""
     def bytes_sum() -> float:
         text = requests.get(f"{secured_gateway.url}/metrics", timeout=TIMEOUT).text
-        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                   if sample.name == "pixelgate_request_bytes_sum" and sample.labels.get("endpoint") == PREDICT)
+        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+        return sum(sample.value for sample in samples
+                   if sample.name == "pixelgate_request_bytes_sum"
+                   and sample.labels.get("endpoint") == PREDICT)
 
     before = bytes_sum()
     request_id = f"test-{uuid.uuid4()}"
-    halves = iter([DIGIT[: len(DIGIT) // 2], DIGIT[len(DIGIT) // 2 :]])  # a generator: requests sends it chunked
+    # A generator: requests sends it chunked.
+    halves = iter([DIGIT[: len(DIGIT) // 2], DIGIT[len(DIGIT) // 2 :]])
     response = _post(secured_gateway.url, data=halves, headers={"X-Request-ID": request_id})
     assert response.status_code == 200, response.text
-    assert "Content-Length" not in response.request.headers and response.request.headers["Transfer-Encoding"] == "chunked"
+    sent_headers = response.request.headers
+    assert "Content-Length" not in sent_headers and sent_headers["Transfer-Encoding"] == "chunked"
     [entry] = _log_entries(secured_gateway, request_id)
     assert entry["request_bytes"] == len(DIGIT)
     assert bytes_sum() - before == len(DIGIT)

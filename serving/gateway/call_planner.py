@@ -76,9 +76,9 @@ class CallPlanner:
         return self.client.send(call, deadline)
 
     def _send_in_parts(self, call: PredictCall, deadline: float) -> Answer:
-        """Parts of at most max_images_per_call sent at once (the model server's max_batch_size
-        refuses a larger call), their answers joined in order; one call when they are not one row
-        per image."""
+        """Parts of at most max_images_per_call sent at once (they run side by side, and a model
+        server without large-batch splitting refuses a call over its max_batch_size), their
+        answers joined in order; one call when they are not one row per image."""
         size = self.max_images_per_call
         parts = [dataclasses.replace(call, images=call.images[start:start + size])
                  for start in range(0, len(call.images), size)]

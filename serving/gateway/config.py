@@ -20,8 +20,9 @@ DEFAULTS: dict[str, Any] = {
     # Images in one explain=true request (400 too_many_images_to_explain beyond): an explanation
     # costs the model server a forward and backward pass per integrated-gradients step, per image.
     "MAX_IMAGES_PER_EXPLAIN": 8,
-    # Images in one Predict call, shared or not; keep <= the model server's max_batch_size, which
-    # refuses a larger call: a request with more images is sent as several calls at once.
+    # Images in one Predict call, shared or not: a request with more is sent as several calls at
+    # once. Keep it <= the execution batch size (a batching model server without large-batch
+    # splitting refuses a call over its max_batch_size).
     "MAX_IMAGES_PER_CALL": 32,
     "MAX_IMAGE_PIXELS": 40_000_000,  # per decoded image: guards against decompression bombs
     "MAX_IMAGE_SIDE": 20_000,  # per image side, in pixels
