@@ -101,7 +101,8 @@ def build_parser():
     train.add_argument("--limit", type=int, help="train on the first LIMIT training images only")
     train.add_argument("--if-missing", action="store_true", help="skip models that have a version already")
     train.add_argument("--logs-dir", default=os.environ.get("LOGS_DIR", "logs"),
-                       help="checkpoints, the per-epoch history (JSON lines) and TensorBoard logs of each run (default: logs)")
+                       help="checkpoints, the per-epoch history (JSON lines) and TensorBoard logs of "
+                            "each run (default: logs)")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run of this model and profile from its last checkpoint")
     train.add_argument("--precision", default="auto",
@@ -144,7 +145,8 @@ def main(argv=None):
 
     try:
         return args.handler(args)
-    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError) as error:  # a message, not a traceback
+    # A message, not a traceback.
+    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError) as error:
         logger.error("%s", error)
         return 2
 

@@ -73,7 +73,8 @@ SHARED_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "da
 
 
 def resolve_data_dir(data_dir=None):
-    """`data_dir`, else $DATA_DIR, else ../shared/datasets beside the checkout if it exists, else Keras' cache."""
+    """`data_dir`, else $DATA_DIR, else ../shared/datasets beside the checkout if it exists, else Keras'
+    cache."""
     if data_dir or os.environ.get("DATA_DIR"):
         return Path(data_dir or os.environ["DATA_DIR"])
     return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else Path.home() / ".keras" / "datasets"
