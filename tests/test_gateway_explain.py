@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,7 +40,7 @@ def explain_signature(models_dir):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_each_prediction_carries_the_signatures_saliency_and_its_heatmap(gateway_url, test_images,
+def test_each_prediction_carries_the_signatures_saliency_and_its_heatmap(gateway_url, test_images, models_dir,
                                                                          explain_signature, name):
     images, _ = test_images[name]
     payloads = [encode(image) for image in images[:2]]  # PNG of the model's size: the very tensor
@@ -48,6 +49,7 @@ def test_each_prediction_carries_the_signatures_saliency_and_its_heatmap(gateway
     assert response.status_code == 200, response.text
     body = response.json()
     expected = explain_signature[name](images[:2].astype(np.float32) / 255)
+    described = json.loads((models_dir / name / "1" / "assets" / "explain.json").read_text())
     height, width = SHAPES[name]
     for prediction, unexplained, saliency in zip(body["predictions"], plain["predictions"], expected,
                                                  strict=True):
@@ -55,7 +57,7 @@ def test_each_prediction_carries_the_signatures_saliency_and_its_heatmap(gateway
         assert prediction["label"] == unexplained["label"]
         assert prediction["probability"] == pytest.approx(unexplained["probability"], abs=1e-6)
         explained = prediction["explanation"]
-        assert explained["method"] == "integrated_gradients"
+        assert explained["method"] == described["method"]
         answered = np.array(explained["saliency"])
         assert answered.shape == (height, width) and (answered >= 0).all()
         peak = float(saliency.max())

@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body (413 beyond)
     "MAX_IMAGES_PER_REQUEST": 64,
     # Images in one explain=true request (400 too_many_images_to_explain beyond): an explanation
-    # costs the model server a forward and backward pass per integrated-gradients step, per image.
+    # costs the model server a forward and a backward pass per image (more with integrated gradients).
     "MAX_IMAGES_PER_EXPLAIN": 8,
     # Images in one Predict call, shared or not: a request with more is sent as several calls at
     # once. Keep it <= the execution batch size (a batching model server without large-batch

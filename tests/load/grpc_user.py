@@ -56,11 +56,13 @@ def signature_keys(response: get_model_metadata_pb2.GetModelMetadataResponse) ->
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     signature = signatures.signature_def[SIGNATURE_NAME]
-    if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+    # The class probabilities are the one [batch, classes] output; others (an ood_score [batch]) are not.
+    outputs = [key for key, tensor in signature.outputs.items() if len(tensor.tensor_shape.dim) == 2]
+    if len(signature.inputs) != 1 or len(outputs) != 1:
         raise AnswerError(
-            f"{SIGNATURE_NAME} has {len(signature.inputs)} inputs and {len(signature.outputs)} outputs"
+            f"{SIGNATURE_NAME} has {len(signature.inputs)} inputs and {len(outputs)} outputs of rank 2"
         )
-    return next(iter(signature.inputs)), next(iter(signature.outputs))
+    return next(iter(signature.inputs)), outputs[0]
 
 
 def predict_request(
