@@ -111,15 +111,28 @@ def gateway_url(model_server, models_dir):
 
 
 @pytest.fixture(scope="session")
-def direct_model(models_dir):
-    """name -> callable(float32 batch) -> probabilities, straight from the exported SavedModel."""
+def exported_models(models_dir):
+    """name -> the exported SavedModel, loaded once for every test that calls it directly."""
     import tensorflow as tf
 
-    def load(name):
-        signature = tf.saved_model.load(str(models_dir / name / "1")).signatures["serving_default"]
-        return lambda batch: signature(images=tf.constant(batch))["probabilities"].numpy()
+    return {name: tf.saved_model.load(str(models_dir / name / "1")) for name in MODEL_NAMES}
 
-    return {name: load(name) for name in MODEL_NAMES}
+
+def signature_output(exported_models, signature_name: str, output_key: str):
+    """name -> callable(float32 batch) -> `output_key` of the SavedModel's `signature_name`."""
+    import tensorflow as tf
+
+    def call(name):
+        signature = exported_models[name].signatures[signature_name]
+        return lambda batch: signature(images=tf.constant(batch))[output_key].numpy()
+
+    return {name: call(name) for name in MODEL_NAMES}
+
+
+@pytest.fixture(scope="session")
+def direct_model(exported_models):
+    """name -> callable(float32 batch) -> probabilities, straight from the exported SavedModel."""
+    return signature_output(exported_models, "serving_default", "probabilities")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from serving.gateway.config import DEFAULTS
 from serving.gateway.explanations import ExplanationSignature, explanation, find, heatmap_png
-from tests.conftest import MODEL_NAMES, encode
+from tests.conftest import MODEL_NAMES, encode, signature_output
 
 SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
 
@@ -28,15 +28,9 @@ def predict(url, name, images, **params):
 
 
 @pytest.fixture(scope="module")
-def explain_signature(models_dir):
+def explain_signature(exported_models):
     """name -> callable(float32 batch) -> saliency, straight from the exported SavedModel's `explain`."""
-    import tensorflow as tf
-
-    def load(name):
-        signature = tf.saved_model.load(str(models_dir / name / "1")).signatures["explain"]
-        return lambda batch: signature(images=tf.constant(batch))["saliency"].numpy()
-
-    return {name: load(name) for name in MODEL_NAMES}
+    return signature_output(exported_models, "explain", "saliency")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -61,7 +61,7 @@ def as_served(images, preprocessing):
 
 def encode_png(image):
     buffer = io.BytesIO()
-    Image.fromarray(image[:, :, 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    _to_pil(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
