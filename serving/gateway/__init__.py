@@ -46,7 +46,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     planner = CallPlanner(client, settings["MAX_IMAGES_PER_CALL"], settings["COALESCE_PREDICTIONS"],
                           settings["COALESCE_MAX_IN_FLIGHT"])
     names = [n.strip() for n in settings["MODELS"].split(",") if n.strip()]
-    catalog = ModelCatalog(client, settings["MODEL_BASE_PATH"], names, settings["METADATA_TTL_SECONDS"])
+    catalog = ModelCatalog(client, settings["MODEL_BASE_PATH"], names, settings["METADATA_TTL_SECONDS"],
+                           settings["MODEL_CONFIG_FILE"])
     app.extensions["pixelgate.gateway"] = Gateway(settings, catalog, planner, client)
     app.register_blueprint(blueprint)
     app.register_blueprint(openapi.blueprint)  # /openapi.json and /docs

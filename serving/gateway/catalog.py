@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from serving.gateway import explanations, out_of_distribution
-from serving.gateway.errors import ModelMisconfiguredError, ModelNotFoundError
+from serving.gateway.errors import ModelMisconfiguredError, ModelNotFoundError, ModelServerUnavailableError
 from serving.gateway.explanations import ExplanationSignature
 from serving.gateway.model_server_client import SIGNATURE_NAME, ModelServerClient
 from serving.gateway.out_of_distribution import OutOfDistribution
 from serving.gateway.preprocess import PreprocessingSpec
+from serving.model_config import MODEL_NAME_PATTERN, RegistryError, parse_registry
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+__all__ = ["MODEL_NAME_PATTERN", "ModelCatalog", "ModelInfo"]
+# A version in these states is on its way to AVAILABLE (model_status.py's names of TF Serving's states).
+_LOADING_STATES = frozenset({"START", "LOADING"})
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,20 @@ class ModelInfo:
 class ModelCatalog:
     """Which models exist, and for each served version its input key, shape, classes and spec.
 
-    Versions never change once exported, so (name, version) is cached for good; which
+    Which models: `names` when given, else those `config_file` (a TF Serving model config, the
+    one the model server polls) lists, else every model folder under `base_path`; the file or
+    the folder is re-read after `ttl` seconds, so a model added to either is served without a
+    restart. Versions never change once exported, so (name, version) is cached for good; which
     version is "latest" (or carries a label) is re-asked after `ttl` seconds.
     """
 
     def __init__(self, client: ModelServerClient, base_path: str | Path, names: Sequence[str] = (),
-                 ttl: float = 2.0):
+                 ttl: float = 2.0, config_file: str | Path | None = None):
         self.client = client
         self.base_path = Path(base_path)
         self.configured_names = tuple(names)
+        self.config_file = Path(config_file) if config_file else None
+        self._config_problem = ""  # the last one logged, so a broken file is not logged every `ttl`
         self.ttl = ttl
         self._infos: dict[tuple[str, int], ModelInfo] = {}
         self._latest: dict[tuple[str, str | None], tuple[float, int]] = {}
@@ -71,12 +78,33 @@ class ModelCatalog:
     def model_names(self) -> list[str]:
         if self.configured_names:
             return list(self.configured_names)
-        # Every request checks its model name: scan the directory at most once per `ttl`.
+        # Every request checks its model name: read the file or the directory at most once per `ttl`.
         scanned = self._scanned
         if scanned is None or time.monotonic() - scanned[0] >= self.ttl:
-            scanned = (time.monotonic(), self._scan_model_directories())
+            if self.config_file:
+                names = self._read_config_file(self.config_file)
+            else:
+                names = self._scan_model_directories()
+            scanned = (time.monotonic(), names)
             self._scanned = scanned
         return list(scanned[1])
+
+    def _read_config_file(self, path: Path) -> list[str]:
+        """The models the config file lists; while it cannot be read, the last list read (TF Serving
+        keeps its old config too, so the gateway keeps serving what the model server serves)."""
+        try:
+            config = parse_registry(path.read_text(), f"MODEL_CONFIG_FILE {path}")
+        except (OSError, UnicodeDecodeError, RegistryError) as error:
+            problem = str(error)
+            if not isinstance(error, RegistryError):
+                problem = f"cannot read MODEL_CONFIG_FILE {path}: {error}"
+            if problem != self._config_problem:
+                logger.error("%s; serving the models it listed before", problem)
+                self._config_problem = problem
+            return list(self._scanned[1]) if self._scanned else []
+        self._config_problem = ""
+        return [model.name for model in config.model_config_list.config
+                if MODEL_NAME_PATTERN.fullmatch(model.name)]
 
     def _scan_model_directories(self) -> list[str]:
         try:
@@ -106,13 +134,36 @@ class ModelCatalog:
                 version = cached[1]
         if version is not None and (name, version) in self._infos:
             return self._infos[(name, version)]
-        served_version, signatures = self.client.signatures(name, version, label)
+        try:
+            served_version, signatures = self.client.signatures(name, version, label)
+        except ModelNotFoundError:
+            if version is None and label is None:
+                self._raise_unless_available(name)
+            raise
         info = self._build_info(name, served_version, signatures)
         with self._lock:
             self._infos[(name, served_version)] = info
             if version is None:
                 self._latest[(name, label)] = (time.monotonic(), served_version)
         return info
+
+    def _raise_unless_available(self, name: str) -> None:
+        """A model the gateway serves but the model server has no version of: one just added to
+        the config, which the model server has yet to read or load, answers 503, not 404."""
+        try:
+            versions = self.client.status(name)
+        except ModelNotFoundError:
+            versions = []  # not in the model server's config yet (it re-reads the file every few seconds)
+        states = {v.state for v in versions}
+        if "AVAILABLE" in states:
+            return
+        if not states or states & _LOADING_STATES:
+            where = ", ".join(sorted(states)) or "not yet read from the model config"
+            raise ModelServerUnavailableError(
+                f"model '{name}' is not loaded yet ({where}); retry in a few seconds", code="model_loading")
+        errors = "; ".join(sorted({v.error for v in versions if v.error})) or ", ".join(sorted(states))
+        raise ModelServerUnavailableError(f"model '{name}' has no version available: {errors}",
+                                          code="model_unavailable")
 
     def forget(self, name: str) -> None:
         """Drop cached 'latest' answers, e.g. after the model server said a version is gone."""

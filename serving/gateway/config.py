@@ -12,7 +12,10 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     "MODEL_SERVER": "localhost:8500",  # host:port of the TF Serving gRPC API
     "MODEL_BASE_PATH": "./models",  # where models' assets (labels, preprocessing spec) are read
-    "MODELS": "",  # comma-separated model names; empty = every model under MODEL_BASE_PATH
+    "MODELS": "",  # comma-separated model names; empty = MODEL_CONFIG_FILE's, else every model folder
+    # A TF Serving model config (the model server's --model_config_file): the models it lists,
+    # re-read every METADATA_TTL_SECONDS, so a model added there is served without a restart.
+    "MODEL_CONFIG_FILE": "",
     "REQUEST_TIMEOUT_SECONDS": 10.0,  # deadline of each model-server call
     "READINESS_TIMEOUT_SECONDS": 2.0,  # deadline of /readyz's status calls: a probe must answer fast
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request body (413 beyond)
