@@ -1,4 +1,6 @@
-"""Command line: `python -m training train --model all --profile quick` and
+"""Command line: `python -m training train --model all --profile quick`,
+`python -m training train --model flowers --data photos/` (a folder of one's own images),
+`python -m training import --name flowers --model flowers.keras --labels labels.txt`,
 `python -m training evaluate --model mnist [--version N]`, `python -m training samples --model mnist`.
 """
 
@@ -11,7 +13,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from .datasets import DATASETS, DatasetNotFoundError, load_data, load_exact_test_mask  # noqa: E402
+from .datasets import (  # noqa: E402
+    DATASETS,
+    DatasetNotFoundError,
+    ModelNameError,
+    check_model_name,
+    load_data,
+    load_exact_test_mask,
+)
 from .profiles import PROFILES, TrainingSetTooSmallError  # noqa: E402
 
 logger = logging.getLogger("training")  # __name__ is "__main__" under -m
@@ -21,6 +30,7 @@ def train_command(args):
     from .export import list_versions
     from .pipeline import train_and_export
 
+    data = _folder_data(args)
     names = list(DATASETS) if args.model == "all" else [args.model]
     results = []
     for name in names:
@@ -32,6 +42,7 @@ def train_command(args):
             name, profile=args.profile, models_dir=args.models_dir, data_dir=args.data_dir,
             architecture=args.architecture, limit=args.limit, epochs=args.epochs,
             verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where they redraw in place
+            data=data,
             logs_dir=args.logs_dir, resume=args.resume, precision=args.precision,
         )
         results.append((name, version_dir))
@@ -41,6 +52,33 @@ def train_command(args):
                  if "exact_test_accuracy" in record else "")
         print(f"{name}: {version_dir}  test accuracy {record['test_accuracy']:.2%}{exact}"
               f"  ({record['training_seconds']:.0f} s training; report: {version_dir / 'REPORT.md'})")
+    return 0
+
+
+def _folder_data(args):
+    """The folder of one's own images that --data names, read and split; None for a built-in model."""
+    if args.data is None:
+        if args.model not in (*DATASETS, "all"):
+            raise ModelNameError(f"{args.model!r} is not a built-in model ({', '.join(DATASETS)}, all); give "
+                                 "--data <folder> to train it on your own images")
+        if args.image_size or args.preprocessing:
+            raise ModelNameError("--image-size and --preprocessing apply to --data folders only")
+        return None
+    from .folders import read_folder
+
+    check_model_name(args.model)
+    return read_folder(args.data, args.model, image_size=args.image_size, preprocessing=args.preprocessing)
+
+
+def import_command(args):
+    from .importer import import_model
+
+    version_dir = import_model(args.name, args.model, args.labels, models_dir=args.models_dir,
+                               preprocessing=args.preprocessing, data=args.data, image_size=args.image_size)
+    record = json.loads((version_dir / "assets.extra" / "evaluation.json").read_text())
+    accuracy = (f"  test accuracy {record['test_accuracy']:.2%} on {record['test_images']} images of "
+                f"{args.data} (report: {version_dir / 'REPORT.md'})" if args.data else "")
+    print(f"{args.name}: {version_dir}{accuracy}")
     return 0
 
 
@@ -94,7 +132,13 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and export a new version")
-    train.add_argument("--model", required=True, choices=[*DATASETS, "all"])
+    train.add_argument("--model", required=True,
+                       help=f"{', '.join(DATASETS)} or all; with --data, a name for a model of your own")
+    train.add_argument("--data", help="a folder with one sub-folder of images per class: train on it")
+    train.add_argument("--image-size", type=int, help="with --data: the input's side in pixels (default: "
+                                                      "from the images)")
+    train.add_argument("--preprocessing", choices=["full_frame", "centered_object", "mnist_digit"],
+                       help="with --data: how the gateway reframes uploads (default: from the images)")
     train.add_argument("--profile", default="quick", choices=list(PROFILES))
     train.add_argument("--architecture", default="cnn", choices=["cnn", "mlp"])
     train.add_argument("--epochs", type=int, help="override the profile's epochs")
@@ -109,6 +153,18 @@ def build_parser():
                        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
                        help="auto: mixed float16 on a GPU, float32 otherwise")
     train.set_defaults(handler=train_command)
+
+    imported = commands.add_parser("import", help="export a classifier trained elsewhere as a new version")
+    imported.add_argument("--name", required=True, help="the model's name (not a built-in model's)")
+    imported.add_argument("--model", required=True, help="a .keras file or a SavedModel folder")
+    imported.add_argument("--labels", required=True, help="one class name a line, in output order")
+    imported.add_argument("--preprocessing", choices=["full_frame", "centered_object", "mnist_digit"],
+                          default="full_frame", help="how the gateway reframes uploads (default full_frame)")
+    imported.add_argument("--image-size", type=int,
+                          help="the input's side, for a model whose input size is not fixed")
+    imported.add_argument("--data", help="a folder with one sub-folder of images per class: evaluate on it")
+    imported.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
+    imported.set_defaults(handler=import_command)
 
     evaluate = commands.add_parser("evaluate", help="measure an exported version on the test set")
     evaluate.add_argument("--model", required=True, choices=list(DATASETS))
@@ -142,11 +198,14 @@ def main(argv=None):
     for chatty in ("absl", "tensorflow"):  # their INFO lines narrate SavedModel internals
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from .export import VersionNotFoundError
+    from .folders import DataFolderError
+    from .importer import ModelImportError
 
     try:
         return args.handler(args)
     # A message, not a traceback.
-    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError) as error:
+    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError,
+            DataFolderError, ModelNameError, ModelImportError) as error:
         logger.error("%s", error)
         return 2
 

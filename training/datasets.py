@@ -22,7 +22,10 @@ class DatasetSpec:
     channels: int
     classes: tuple[str, ...]
     light_on_dark: bool  # MNIST-style white strokes on black; the gateway may need to invert photos
-    files: str  # what to put in DATA_DIR, for the error message
+    files: str = ""  # what to put in DATA_DIR, for the error message
+    # The gateway's preprocessing mode for a folder of one's own images (training/folders.py); the
+    # built-in data sets have theirs in export.UPLOAD_PREPROCESSING.
+    preprocessing: str | None = None
 
 
 DATASETS = {
@@ -62,7 +65,26 @@ class DatasetNotFoundError(ValueError):
     """Neither a local file nor keras.datasets could provide the data set."""
 
 
+class ModelNameError(ValueError):
+    """A name for a model of one's own that the gateway would not serve, or a built-in model's."""
+
+
+def check_model_name(name):
+    """Raise ModelNameError unless `name` can be a new model's: the gateway's pattern, no built-in name."""
+    from serving.model_config import MODEL_NAME_PATTERN
+
+    if name in DATASETS or name == "all":
+        raise ModelNameError(f"model name {name!r} collides with a built-in model ({', '.join(DATASETS)}); "
+                             "choose another name for a model of your own")
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise ModelNameError(f"model name {name!r} is not valid: use 1 to 128 ASCII letters, digits, "
+                             "'_', '.' or '-', starting with a letter or digit (e.g. my_flowers)")
+
+
 def get_spec(name):
+    """The spec of built-in data set `name`; a DatasetSpec (a folder's, see training/folders.py) as it is."""
+    if isinstance(name, DatasetSpec):
+        return name
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
     return DATASETS[name]

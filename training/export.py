@@ -94,6 +94,22 @@ UPLOAD_PREPROCESSING = {
 }
 
 
+# A folder of one's own images names a mode; its flags are those of the built-in data set that has it.
+MODE_EXAMPLES = {flags["mode"]: dataset for dataset, flags in UPLOAD_PREPROCESSING.items()}
+
+
+def upload_preprocessing(spec):
+    """The gateway's flags for data set `spec`: a built-in's own, or its mode's at the folder's size
+    (MNIST's 20-px box in 28 scales with the frame)."""
+    if spec.preprocessing is None:
+        return UPLOAD_PREPROCESSING.get(spec.name, {"mode": "resize"})
+    example = MODE_EXAMPLES[spec.preprocessing]
+    size = max(spec.height, spec.width)
+    template = get_spec(example)
+    fit_box = round(UPLOAD_PREPROCESSING[example]["fit_box"] * size / max(template.height, template.width))
+    return {**UPLOAD_PREPROCESSING[example], "fit_box": fit_box}
+
+
 def preprocessing_spec(spec):
     """The contents of assets/preprocessing.json for data set `spec`: what the gateway needs."""
     return {
@@ -106,12 +122,14 @@ def preprocessing_spec(spec):
         "output_key": OUTPUT_KEY,
         "scale": PIXEL_SCALE,
         "classes": list(spec.classes),
-        **UPLOAD_PREPROCESSING.get(spec.name, {"mode": "resize"}),
+        **upload_preprocessing(spec),
     }
 
 
 def _serving_module(model, spec, asset_source, ood_score=None):
-    (asset_source / "labels.txt").write_text("".join(f"{label}\n" for label in spec.classes))
+    # UTF-8 whatever the locale: a folder's class names may be any language's.
+    labels = "".join(f"{label}\n" for label in spec.classes)
+    (asset_source / "labels.txt").write_text(labels, encoding="utf-8")
     (asset_source / "preprocessing.json").write_text(json.dumps(preprocessing_spec(spec), indent=2) + "\n")
 
     module = tf.Module()

@@ -8,28 +8,39 @@ preprocessing (PNG bytes in, the model's input out), which is what the served mo
 
 import functools
 import io
+import logging
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .datasets import DATASETS, get_spec, load_data
+from .datasets import DATASETS, DatasetNotFoundError, get_spec, load_data
 
 # Letters and symbols that no digit model should take for a digit (no O, I, l, S, Z, B, g, q, ...).
 GLYPHS = "ACEFHKMNPRTUVWXYacdefhkmnprtuvwxy#%&@*+=?!$<>{}~^"
 
+logger = logging.getLogger(__name__)
 
-def foreign_image_sets(name, count=1000, seed=0, data_dir=None):
+
+def foreign_image_sets(name, count=1000, seed=0, data_dir=None, own_images=None):
     """{kind: uint8 [count, H, W, C]} of images foreign to data set `name`, at its size and channels.
 
-    Deterministic for a given seed; the other data sets come from their test splits.
+    Deterministic for a given seed; the other data sets come from their test splits. `own_images`: the
+    test images of a folder of one's own (`name` its DatasetSpec), for which the built-in data sets are
+    foreign where they can be read, and skipped where not.
     """
     spec = get_spec(name)
     rng = np.random.default_rng(seed)
     shape = (count, spec.height, spec.width, spec.channels)
     sets = {}
     for other in DATASETS:
-        if other != name:
-            _, (images, _) = load_data(other, data_dir)
+        if other != spec.name:
+            try:
+                _, (images, _) = load_data(other, data_dir)
+            except DatasetNotFoundError:
+                if own_images is None:
+                    raise
+                logger.info("%s: no %s images to measure the out-of-distribution score on", spec.name, other)
+                continue
             chosen = images[np.sort(rng.choice(len(images), count, replace=False))]
             sets[other] = np.stack([_convert(image, spec) for image in chosen])
     sets["uniform_noise"] = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -38,8 +49,9 @@ def foreign_image_sets(name, count=1000, seed=0, data_dir=None):
     sets["near_solid"] = _solid(rng, shape, jitter=6)
     sets["glyphs"] = np.stack([_glyph(rng, spec) for _ in range(count)])
     sets["patterns"] = np.stack([_pattern(rng, spec) for _ in range(count)])
-    _, (own, _) = load_data(name, data_dir)
-    chosen = own[np.sort(rng.choice(len(own), count, replace=False))]
+    own = own_images if own_images is not None else load_data(name, data_dir)[1][0]
+    # A folder's test split may hold fewer images than `count`: then some repeat.
+    chosen = own[np.sort(rng.choice(len(own), count, replace=len(own) < count))]
     # Blurred past recognition (a Gaussian of a sixth of the frame): shapeless blobs.
     radius = spec.height / 6
     sets["blurred"] = np.stack([_blur(image, radius) for image in chosen])

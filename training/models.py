@@ -1,8 +1,11 @@
 """Model definitions: a CNN per data set (sized by a profile) and the course's MLP baseline.
 
 Models take float32 images [H, W, C] scaled to [0, 1] and answer softmax probabilities
-over the 10 classes; they come back compiled, ready for `fit` on one-hot labels.
+over the data set's classes; they come back compiled, ready for `fit` on one-hot labels.
+`name` is a built-in data set's name or a DatasetSpec (a folder of one's own images).
 """
+
+import re
 
 import keras
 from keras import layers
@@ -11,7 +14,6 @@ from .datasets import get_spec
 from .profiles import Profile, get_profile
 from .schedules import OneCycle
 
-NUM_CLASSES = 10
 BASELINE_EPOCHS = 5
 BASELINE_BATCH_SIZE = 128
 # The residual networks' logits are scaled down before the softmax, as in Page's ResNet:
@@ -25,18 +27,23 @@ def build_model(name, profile="quick", *, steps_per_epoch=1, settings=None):
     settings = settings or get_profile(profile, name)
     inputs = keras.Input(shape=(spec.height, spec.width, spec.channels), name="images")
     if settings.architecture == "plain":
-        outputs = _plain_network(inputs, settings)
+        outputs = _plain_network(inputs, settings, len(spec.classes))
     elif settings.architecture == "residual":
-        outputs = _residual_network(inputs, settings)
+        outputs = _residual_network(inputs, settings, len(spec.classes))
     else:
         raise ValueError(f"unknown architecture {settings.architecture!r}; expected 'plain' or 'residual'")
-    model = keras.Model(inputs, outputs, name=f"{name}_cnn")
+    model = keras.Model(inputs, outputs, name=f"{_keras_name(spec.name)}_cnn")
     model.compile(
         optimizer=build_optimizer(settings, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
         metrics=["accuracy"],
     )
     return model
+
+
+def _keras_name(name):
+    # Model names may hold '.' and '-', which Keras' layer names do not take.
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def _convolution(x, filters):
@@ -46,7 +53,7 @@ def _convolution(x, filters):
     return layers.ReLU()(x)
 
 
-def _plain_network(inputs, settings):
+def _plain_network(inputs, settings, num_classes):
     x = inputs
     for filters in settings.filters:
         for _ in range(settings.convolutions_per_stage):
@@ -59,10 +66,10 @@ def _plain_network(inputs, settings):
         x = layers.Dropout(settings.dropout)(x)
         x = layers.Dense(settings.dense_units, activation="relu")(x)
     x = layers.Dropout(settings.dropout)(x)
-    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32")(x)
+    return layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
 
 
-def _residual_network(inputs, settings):
+def _residual_network(inputs, settings, num_classes):
     """ResNet-9's layout: a stem, then per stage convolution, pooling and maybe a residual block."""
     stem, *stages = settings.filters
     if len(settings.residual_stages) != len(stages):
@@ -75,7 +82,7 @@ def _residual_network(inputs, settings):
     x = layers.GlobalMaxPooling2D()(x)
     if settings.dropout:
         x = layers.Dropout(settings.dropout)(x)
-    logits = layers.Dense(NUM_CLASSES, use_bias=False)(x)
+    logits = layers.Dense(num_classes, use_bias=False)(x)
     logits = layers.Rescaling(LOGIT_SCALE)(logits)
     return layers.Softmax(name="probabilities", dtype="float32")(logits)
 
@@ -153,9 +160,9 @@ def build_baseline_mlp(name="mnist"):
             keras.Input(shape=(spec.height, spec.width, spec.channels), name="images"),
             layers.Flatten(),
             layers.Dense(512, activation="relu"),
-            layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"),
+            layers.Dense(len(spec.classes), activation="softmax", name="probabilities"),
         ],
-        name=f"{name}_mlp",
+        name=f"{_keras_name(spec.name)}_mlp",
     )
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
     return model

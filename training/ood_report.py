@@ -40,15 +40,18 @@ def compare_scores(inside_scores, outside_scores, inside_probabilities, outside_
 
 
 def evaluate_ood(model, name, preprocessing, threshold, *, data_dir=None, count=1000, test_count=None,
-                 seed=0):
+                 seed=0, test_set=None):
     """`model.predict_with_scores(float32 images) -> (probabilities, scores)` against the test set
-    and each kind of foreign image, all preprocessed as the gateway does with `preprocessing`."""
-    _, (x_test, y_test) = load_data(name, data_dir)
+    and each kind of foreign image, all preprocessed as the gateway does with `preprocessing`.
+    `test_set` (uint8 images, labels): a folder's test split, for a model of one's own (`name` its
+    DatasetSpec)."""
+    x_test, y_test = test_set if test_set is not None else load_data(name, data_dir)[1]
     if test_count is not None:
         x_test, y_test = x_test[:test_count], y_test[:test_count]
     test_probabilities, test_scores = model.predict_with_scores(as_served(x_test, preprocessing))
     kinds = {}
-    for kind, images in foreign_image_sets(name, count, seed, data_dir).items():
+    own = None if test_set is None else x_test
+    for kind, images in foreign_image_sets(name, count, seed, data_dir, own_images=own).items():
         probabilities, scores = model.predict_with_scores(as_served(images, preprocessing))
         kinds[kind] = compare_scores(test_scores, scores, test_probabilities, probabilities, threshold)
     return {

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from serving.model_config import register_model
+
 from . import ood
 from .datasets import get_spec, load_data, load_exact_test_mask
 from .export import ExportedModel, export_model, preprocessing_spec
@@ -41,9 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 def train_and_export(name, *, profile="quick", models_dir="models", data_dir=None, architecture="cnn",
-                     limit=None, epochs=None, verbose=1, seed=1337, logs_dir=None, resume=False,
+                     limit=None, epochs=None, verbose=1, seed=1337, logs_dir=None, resume=False, data=None,
                      precision="auto", latency_runs=50, ood_images=None, ood_test_images=None):
     """Train `name` (a data set in DATASETS) and export it; returns the new version directory.
+    `data` (folders.FolderData: a folder of one's own images, read and split) trains model `name` on it.
 
     `logs_dir` keeps checkpoints, the per-epoch history and TensorBoard logs of the run in
     `logs_dir/<name>-cnn-<profile>/` (or `<name>-mlp/`); `resume` continues its last checkpoint.
@@ -51,8 +54,11 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     against `ood_images` foreign images of each kind and `ood_test_images` test images (default:
     1,000 and all; 100 and 1,000 for the tiny profile, which is for tests).
     """
-    spec = get_spec(name)
-    (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
+    if data is None:
+        spec = get_spec(name)
+        (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
+    else:
+        spec, (x_train, y_train), (x_test, y_test) = data.spec, data.train, data.test
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
     precision = choose_precision(precision)
@@ -60,7 +66,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     keras.utils.set_random_seed(seed)  # before building, so the initial weights repeat too
     try:
         if architecture == "cnn":
-            settings = get_profile(profile, name)
+            settings = get_profile(profile, name) if data is None else data.profile(profile)
             if epochs:
                 settings = dataclasses.replace(settings, epochs=epochs)
             held_out = int(len(x_train) * settings.validation_fraction)  # as train() splits
@@ -71,7 +77,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
                     f"{math.ceil(1 / settings.validation_fraction)} or more")
             fit_size = len(x_train) - held_out
             steps_per_epoch = math.ceil(fit_size / settings.batch_size)
-            model = build_model(name, settings=settings, steps_per_epoch=steps_per_epoch)
+            model = build_model(spec, settings=settings, steps_per_epoch=steps_per_epoch)
             fit_options = {"epochs": settings.epochs, "batch_size": settings.batch_size,
                            "validation_fraction": settings.validation_fraction,
                            "augmentation": settings.augmentation,
@@ -79,7 +85,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         elif architecture == "mlp":
             # The course's recipe exactly: all 60,000 images, a constant RMSprop rate, 5 epochs of 128.
             settings = None
-            model = build_baseline_mlp(name)
+            model = build_baseline_mlp(spec)
             fit_options = {"epochs": epochs or BASELINE_EPOCHS, "batch_size": BASELINE_BATCH_SIZE,
                            "validation_fraction": 0.0}
         else:
@@ -100,7 +106,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
-    serving_model = _serving_model(model, name, settings, precision)
+    serving_model = _serving_model(model, spec, settings, precision)
     calibration = {}
     if settings is not None and settings.temperature_scaling and settings.validation_fraction:
         _, (validation_images, validation_labels) = split_validation(
@@ -118,6 +124,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     multiply_adds = count_multiply_adds(serving_model)
     metadata = {
         "dataset": name,
+        **(data.summary if data is not None else {}),  # the folder, its classes, splits and skipped files
         "architecture": architecture,
         "profile": profile if architecture == "cnn" else None,  # the baseline has one recipe
         "settings": dataclasses.asdict(settings) if settings else None,
@@ -162,7 +169,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         ood_images, ood_test_images = ood_images or 100, ood_test_images or 1000
     ood_score = None
     if settings is not None and settings.validation_fraction:
-        ood_score = fit_ood_score(serving_model, name, x_train, y_train, settings.validation_fraction, seed)
+        ood_score = fit_ood_score(serving_model, spec, x_train, y_train, settings.validation_fraction, seed)
         metadata["ood_threshold"] = ood_score.threshold
         metadata["ood_calibration"] = ood_score.calibration
         metadata["ood_method"] = ood.method_name(ood_score.standardization)
@@ -173,15 +180,17 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         if ood_score is not None:
             exported = ExportedModel(staging)
             record = {**record, "out_of_distribution": evaluate_ood(
-                exported, name, exported.preprocessing, ood_score.threshold, data_dir=data_dir,
-                count=ood_images or 1000, test_count=ood_test_images, seed=FOREIGN_SEED)}
+                exported, spec, exported.preprocessing, ood_score.threshold, data_dir=data_dir,
+                count=ood_images or 1000, test_count=ood_test_images, seed=FOREIGN_SEED,
+                test_set=None if data is None else (x_test, y_test))}
         return write_report(staging, record, probabilities=probabilities, labels=y_test,
                             latency_runs=latency_runs)
 
     version_dir = export_model(serving_model, name, models_dir, metadata=metadata, add_report=report,
-                               ood_score=ood_score)
+                               ood_score=ood_score, dataset=spec)
     logger.info("%s: test accuracy %.4f after %.0f s of training, exported to %s",
                 name, evaluation["accuracy"], training_seconds, version_dir)
+    register_model(models_dir, name)  # models.config lists it: a running `make serve` picks it up
     return version_dir
 
 
@@ -205,7 +214,7 @@ def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, se
     validation_inputs = as_served(validation_images, preprocessing_spec(spec))
     _, validation_features, validation_logits = classifier.predict(validation_inputs)
     score = ood.calibrate(score, validation_inputs, validation_features, validation_logits)
-    logger.info("%s: out-of-distribution threshold %.4g, %s", name, score.threshold, score.calibration)
+    logger.info("%s: out-of-distribution threshold %.4g, %s", spec.name, score.threshold, score.calibration)
     return score
 
 

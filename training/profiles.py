@@ -76,16 +76,23 @@ _FULL_FASHION = replace(
     augmentation=Augmentation(shift=2, flip=True, cutout=8),
 )
 
+# A folder of one's own images (training/folders.py sets the augmentation from its preprocessing mode):
+# a few thousand images, so more epochs than the built-ins' quick runs, with early stopping.
+_QUICK_FOLDER = Profile((32, 64, 128), 1, 0, 0.2, epochs=20, batch_size=64, learning_rate=3e-3,
+                        early_stopping_patience=5)
+
 PROFILES = {
-    "tiny": {"mnist": _TINY, "fashion_mnist": _TINY, "cifar10": _TINY},
+    "tiny": {"mnist": _TINY, "fashion_mnist": _TINY, "cifar10": _TINY, "folder": _TINY},
     "quick": {
         "mnist": _QUICK_MNIST,
         "fashion_mnist": _QUICK_MNIST,
         "cifar10": Profile((32, 64, 128, 128), 1, 0, 0.2, epochs=3, batch_size=128, learning_rate=3e-3),
+        "folder": _QUICK_FOLDER,
     },
     # On 28x28 images the full recipes already fit 2 cores (about 10 and 30 minutes), so
     # `cpu` is `full` there; CIFAR-10 is where the two differ.
-    "cpu": {"mnist": _FULL_MNIST, "fashion_mnist": _FULL_FASHION, "cifar10": _CPU_CIFAR},
+    "cpu": {"mnist": _FULL_MNIST, "fashion_mnist": _FULL_FASHION, "cifar10": _CPU_CIFAR,
+            "folder": _CPU_CIFAR},
     # CIFAR-10 for a GPU: ResNet-9 at full width (Page's DAWNBench network, 6.5 M parameters,
     # 94 % in 24 epochs on the original images), batch 512, mixed precision (see pipeline).
     "full": {
@@ -93,6 +100,7 @@ PROFILES = {
         "fashion_mnist": _FULL_FASHION,
         "cifar10": replace(_CPU_CIFAR, filters=(64, 128, 256, 512), epochs=30, batch_size=512,
                            learning_rate=0.4, early_stopping_patience=8),
+        "folder": replace(_CPU_CIFAR, epochs=40, early_stopping_patience=8),
     },
 }
 

@@ -1,0 +1,190 @@
+"""Training on a folder of one's own images (training/folders.py): folders written here from the real test
+sets, in several formats, sizes and modes, trained with the tiny profile through the CLI, exported like
+the built-in models, registered in models.config and served by the real model server and gateway."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from google.protobuf import text_format
+from PIL import Image
+
+from serving import model_config, stack
+from tests.conftest import DATA_DIR
+from training.__main__ import main
+from training.folders import choose_input, stratified_split
+
+# Fashion-MNIST classes under names with a space, a dot and letters beyond ASCII.
+FOLDER_CLASSES = {9: "Ankle boot", 8: "sac à main", 0: "T.shirt"}
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+
+def write_image_folder(folder: Path, images: np.ndarray, labels: np.ndarray, classes: dict[int, str],
+                       per_class: int = 16) -> Path:
+    """One sub-folder per class: the images as PNG, JPEG, BMP, GIF or WebP files, 28 to 60 px, some grey
+    and some RGB (with grey pixels), plus one file that is no image and one truncated PNG."""
+    rng = np.random.default_rng(0)
+    for label, name in classes.items():
+        (folder / name).mkdir(parents=True)
+        for index, image in enumerate(images[labels == label][:per_class]):
+            picture = Image.fromarray(image.squeeze(-1))
+            if index % 2:
+                picture = picture.convert("RGB")
+            side = int(rng.integers(28, 61))
+            image_format = FORMATS[index % len(FORMATS)]
+            picture.resize((side, side)).save(folder / name / f"{index}.{image_format.lower()}", image_format)
+    first = folder / classes[next(iter(classes))]
+    (first / "notes.txt").write_text("not an image")
+    (first / "broken.png").write_bytes((first / "0.png").read_bytes()[:40])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory, test_images):
+    images, labels = test_images["fashion_mnist"]
+    return write_image_folder(tmp_path_factory.mktemp("own") / "clothes", images, labels, FOLDER_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def folder_models(tmp_path_factory, image_folder):
+    """A models folder where `clothes` was trained on image_folder through the CLI (tiny profile)."""
+    models_dir = tmp_path_factory.mktemp("folder_models")
+    status = main(["train", "--model", "clothes", "--data", str(image_folder), "--profile", "tiny",
+                   "--epochs", "2", "--models-dir", str(models_dir), "--logs-dir", str(models_dir / "logs"),
+                   "--data-dir", str(DATA_DIR)])
+    assert status == 0
+    return models_dir
+
+
+def test_folder_model_is_exported_like_the_built_in_ones(folder_models):
+    version = folder_models / "clothes" / "1"
+    labels = (version / "assets" / "labels.txt").read_text(encoding="utf-8").splitlines()
+    assert labels == sorted(FOLDER_CLASSES.values())  # the sub-folders' names, exactly
+    preprocessing = json.loads((version / "assets" / "preprocessing.json").read_text())
+    # Grey clothes on a black backdrop, whatever the files' modes: Fashion-MNIST's reframing.
+    assert (preprocessing["mode"], preprocessing["channels"]) == ("centered_object", 1)
+    assert preprocessing["height"] == preprocessing["width"] == 32  # median side 28-60 px, at most 32
+    record = json.loads((version / "assets.extra" / "evaluation.json").read_text())
+    assert record["skipped_files"] == 2  # notes.txt and broken.png
+    assert record["images_per_class"] == {name: 16 for name in FOLDER_CLASSES.values()}
+    assert record["test_images"] == 3 * 2  # 15 % of 16 per class, stratified
+    assert record["temperature"] > 0 and record["ood_threshold"] == record["ood_threshold"]
+    for asset in ("ood.json", "explain.json"):
+        assert (version / "assets" / asset).exists()
+    for picture in ("confusion_matrix.png", "training_curves.png", "reliability.png",
+                    "tf_serving_warmup_requests"):
+        assert (version / "assets.extra" / picture).stat().st_size > 0
+    report = (version / "REPORT.md").read_text()
+    assert "sac à main" in report and "## Out-of-distribution score" in report
+    assert model_config.registered_names(folder_models) == ["clothes"]
+
+
+def test_folder_model_answers_through_the_real_stack(folder_models, image_folder):
+    config_file = folder_models / "served.config"
+    config_file.write_text(text_format.MessageToString(model_config.served_config(folder_models)))
+    server_port, gateway_port = stack.free_port(), stack.free_port()
+    server = stack.start_model_server(server_port, config_file)
+    gateway = None
+    try:
+        stack.wait_for_models(f"127.0.0.1:{server_port}", ["clothes"], server)
+        gateway = stack.start_gateway(gateway_port, f"127.0.0.1:{server_port}", folder_models,
+                                      env={"GATEWAY_WORKERS": "1"})
+        url = f"http://127.0.0.1:{gateway_port}"
+        stack.wait_for_http(url + "/readyz", gateway)
+        models = requests.get(url + "/v1/models", timeout=10).json()["models"]
+        listed = {model["name"]: model for model in models}
+        assert listed["clothes"]["classes"] == sorted(FOLDER_CLASSES.values())
+        upload = (image_folder / "sac à main" / "1.jpeg").read_bytes()
+        answer = requests.post(url + "/v1/models/clothes:predict", files={"image": upload}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        prediction = answer.json()["predictions"][0]
+        assert prediction["label"] in FOLDER_CLASSES.values()
+        assert {entry["label"] for entry in prediction["top_k"]} <= set(FOLDER_CLASSES.values())
+    finally:
+        stack.stop(*(process for process in (gateway, server) if process is not None))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda folder: None, "has no sub-folders"),
+    (lambda folder: _images(folder / "cats", 5), "one class only ('cats')"),
+    (lambda folder: (_images(folder / "cats", 5), _images(folder / "dogs", 2)),
+     "class 'dogs' has 2 images; each class needs at least 4"),
+    (lambda folder: [(folder / name).mkdir() or (folder / name / "a.jpg").write_bytes(b"\xff\xd8 no jpeg")
+                     for name in ("cats", "dogs")], "none of them an image we can read"),
+])
+def test_unusable_folders_are_refused_with_what_to_fix(tmp_path, caplog, make, message):
+    folder, models_dir = tmp_path / "data", tmp_path / "models"
+    folder.mkdir()
+    make(folder)
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["train", "--model", "pets", "--data", str(folder), "--models-dir", str(models_dir)])
+    assert status == 2
+    assert message in caplog.text
+    assert not models_dir.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("mnist", "collides with a built-in model"),
+    ("all", "collides with a built-in model"),
+    ("my pets", "is not valid"),
+    ("-pets", "is not valid"),
+])
+def test_model_names_the_gateway_would_not_serve_are_refused(tmp_path, caplog, name, message):
+    folder = tmp_path / "data"
+    _images(folder / "cats", 5)
+    _images(folder / "dogs", 5)
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["train", f"--model={name}", "--data", str(folder),
+                       "--models-dir", str(tmp_path / "models")])
+    assert status == 2
+    assert message in caplog.text
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_name_that_is_no_built_in_model_needs_a_folder(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="training"):
+        assert main(["train", "--model", "pets", "--models-dir", str(tmp_path)]) == 2
+    assert "give --data <folder>" in caplog.text
+
+
+def _looks(count, side=23, grey=True, plain=True):
+    return [{"shorter_side": side, "grey": grey, "plain_backdrop": plain}] * count
+
+
+@pytest.mark.parametrize(("looks", "classes", "expected"), [
+    (_looks(10), ("a", "b"), (24, 1, "centered_object")),
+    (_looks(10), ("0", "1", "7"), (24, 1, "mnist_digit")),
+    (_looks(9) + _looks(1, grey=False), ("a", "b"), (24, 3, "full_frame")),  # one colour image: colour
+    (_looks(10, plain=False), ("a", "b"), (24, 1, "full_frame")),  # grey photos
+    (_looks(10, side=500, grey=False, plain=False), ("a", "b"), (32, 3, "full_frame")),  # kept small
+    (_looks(10, side=9), ("a", "b"), (16, 1, "centered_object")),
+])
+def test_input_is_chosen_from_the_images(looks, classes, expected):
+    choice = choose_input(looks, classes)
+    assert (choice["size"], choice["channels"], choice["preprocessing"]) == expected
+    overridden = choose_input(looks, classes, image_size=24, preprocessing="full_frame")
+    assert (overridden["size"], overridden["preprocessing"]) == (24, "full_frame")
+
+
+def test_test_split_is_stratified_and_seeded():
+    labels = np.repeat([0, 1, 2], [4, 20, 100])
+    train, test = stratified_split(labels, 0.15, seed=3)
+    assert np.bincount(labels[test]).tolist() == [1, 3, 15]
+    assert sorted([*train, *test]) == list(range(len(labels)))
+    assert np.array_equal(stratified_split(labels, 0.15, seed=3)[1], test)
+    assert not np.array_equal(stratified_split(labels, 0.15, seed=4)[1], test)
+
+
+def _images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True)
+    for index in range(count):
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 20), (index * 40, 80, 120)).save(buffer, "PNG")
+        (folder / f"{index}.png").write_bytes(buffer.getvalue())
+

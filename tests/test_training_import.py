@@ -1,0 +1,118 @@
+"""Importing a classifier trained elsewhere (training/importer.py): a .keras file and a SavedModel folder
+exported as versions that answer what the original answers, with labels, preprocessing spec, warmup and
+explain signature, evaluated on a folder when given one; models that break the contract are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import model_config
+from tests.test_training_folders import FOLDER_CLASSES, write_image_folder
+from training.__main__ import main
+from training.export import SALIENCY_KEY
+
+LABELS = sorted(FOLDER_CLASSES.values())  # the folder's sub-folders, in the model's output order
+
+
+def classifier(softmax: bool = True, size: int | None = 24) -> keras.Model:
+    """A small untrained CNN over grey images: 3 probabilities (or, without softmax, 3 logits)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax" if softmax else None)(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture
+def labels_file(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("".join(f"{label}\n" for label in LABELS), encoding="utf-8")
+    return path
+
+
+def answers(version_dir, images):
+    signatures = tf.saved_model.load(str(version_dir)).signatures
+    probabilities = signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    saliency = signatures["explain"](images=tf.constant(images))[SALIENCY_KEY].numpy()
+    return probabilities, saliency
+
+
+def test_keras_file_is_imported_and_evaluated_on_a_folder(tmp_path, labels_file, test_images):
+    images, labels = test_images["fashion_mnist"]
+    folder = write_image_folder(tmp_path / "clothes", images, labels, FOLDER_CLASSES, per_class=6)
+    model = classifier()
+    model.save(tmp_path / "clothes.keras")
+    models_dir = tmp_path / "models"
+    status = main(["import", "--name", "clothes.v2", "--model", str(tmp_path / "clothes.keras"), "--labels",
+                   str(labels_file), "--preprocessing", "centered_object", "--data", str(folder),
+                   "--models-dir", str(models_dir)])
+    assert status == 0
+    version = models_dir / "clothes.v2" / "1"
+    probe = np.random.default_rng(1).random((4, 24, 24, 1), dtype=np.float32)
+    probabilities, saliency = answers(version, probe)
+    np.testing.assert_allclose(probabilities, model.predict(probe, verbose=0), atol=1e-5)
+    assert saliency.shape == (4, 24, 24)
+    assert (version / "assets" / "labels.txt").read_text(encoding="utf-8").splitlines() == LABELS
+    preprocessing = json.loads((version / "assets" / "preprocessing.json").read_text())
+    assert (preprocessing["mode"], preprocessing["height"], preprocessing["channels"]) == (
+        "centered_object", 24, 1)
+    assert (version / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    record = json.loads((version / "assets.extra" / "evaluation.json").read_text())
+    assert record["architecture"] == "imported" and record["skipped_files"] == 2
+    assert record["test_images"] == 18 and 0 <= record["test_accuracy"] <= 1
+    assert "sac à main" in (version / "REPORT.md").read_text(encoding="utf-8")
+    assert model_config.registered_names(models_dir) == ["clothes.v2"]
+
+
+def test_saved_model_folder_is_imported(tmp_path, labels_file):
+    model = classifier()
+    model.export(str(tmp_path / "saved"), verbose=False)
+    models_dir = tmp_path / "models"
+    assert main(["import", "--name", "clothes", "--model", str(tmp_path / "saved"),
+                 "--labels", str(labels_file), "--models-dir", str(models_dir)]) == 0
+    probe = np.random.default_rng(2).random((3, 24, 24, 1), dtype=np.float32)
+    probabilities, _ = answers(models_dir / "clothes" / "1", probe)
+    np.testing.assert_allclose(probabilities, model.predict(probe, verbose=0), atol=1e-5)
+    preprocessing = json.loads((models_dir / "clothes" / "1" / "assets" / "preprocessing.json").read_text())
+    assert preprocessing["mode"] == "full_frame"  # the default
+
+
+@pytest.mark.parametrize(("model", "labels", "arguments", "message"), [
+    (lambda: classifier(softmax=False), LABELS, (), "it answers logits or scores"),
+    (classifier, LABELS[:2], (), "one row of 2 probabilities per image"),
+    (lambda: classifier(size=None), LABELS, (), "give --image-size"),
+    (classifier, LABELS, ("--image-size", "32"), "does not match the model's input (24x24)"),
+    (classifier, LABELS[:1], (), "a classifier needs at least two"),
+])
+def test_models_that_break_the_contract_are_refused(tmp_path, caplog, model, labels, arguments, message):
+    model().save(tmp_path / "model.keras")
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    models_dir = tmp_path / "models"
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["import", "--name", "mine", "--model", str(tmp_path / "model.keras"), "--labels",
+                       str(tmp_path / "labels.txt"), "--models-dir", str(models_dir), *arguments])
+    assert status == 2
+    assert message in caplog.text
+    assert not models_dir.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("name", "path", "message"), [
+    ("cifar10", "model.keras", "collides with a built-in model"),
+    ("my model", "model.keras", "is not valid"),
+    ("mine", "labels.txt", "neither a .keras file nor a SavedModel folder"),
+])
+def test_bad_names_and_files_are_refused(tmp_path, caplog, labels_file, name, path, message):
+    classifier().save(tmp_path / "model.keras")
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["import", "--name", name, "--model", str(tmp_path / path),
+                       "--labels", str(labels_file), "--models-dir", str(tmp_path / "models")])
+    assert status == 2
+    assert message in caplog.text
+    assert not (tmp_path / "models").exists()
