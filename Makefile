@@ -47,9 +47,10 @@ serve: install
 	$(PY) -m training train --model all --profile quick --if-missing
 	$(PY) -m serving.stack
 
-## train: MODEL=mnist|fashion_mnist|cifar10|all PROFILE=quick|cpu|full [TRAIN_ARGS=--resume]
+## train: MODEL=mnist|fashion_mnist|cifar10|all PROFILE=quick|cpu|full [TRAIN_ARGS=--resume];
+##   MODEL=<your name> DATA=<folder with a sub-folder of images per class>: a model of your own
 train: install
-	$(PY) -m training train --model $(MODEL) --profile $(PROFILE) $(TRAIN_ARGS)
+	$(PY) -m training train --model $(MODEL) --profile $(PROFILE) $(if $(DATA),--data "$(DATA)") $(TRAIN_ARGS)
 
 ## test: the whole suite (unit, integration with real servers on loopback, load, browser)
 test: install oip-clients
