@@ -42,10 +42,11 @@ $(OIP_VENV)/.installed: requirements/oip-clients.txt | $(VENV)/.installed
 ## oip-clients: the venv with tritonclient and kserve that the Open Inference Protocol tests use
 oip-clients: $(OIP_VENV)/.installed
 
-## serve: train quick models that are not exported yet, then run model server (:8500) + gateway (:8000)
+## serve: train quick models that are not exported yet, then run model server (:8500) + gateway (:8000);
+##   REPLICAS=2: two model servers (:8500, :8502) behind the gateway
 serve: install
 	$(PY) -m training train --model all --profile quick --if-missing
-	$(PY) -m serving.stack
+	$(PY) -m serving.stack --replicas $(or $(REPLICAS),1)
 
 ## train: MODEL=mnist|fashion_mnist|cifar10|all PROFILE=quick|cpu|full [TRAIN_ARGS=--resume];
 ##   MODEL=<your name> DATA=<folder with a sub-folder of images per class>: a model of your own

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from serving import model_config
 from serving.protos.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,23 @@ def start_gateway(port: int, model_server: str, models_dir: str | Path, *, host:
     command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "serving" / "gunicorn.conf.py"),
                "serving.gateway.wsgi:app"]
     return subprocess.Popen(command, cwd=ROOT, env=environment, **popen)
+
+
+def replica_ports(first: int, count: int, taken: tuple[int, ...] = ()) -> list[int]:
+    """`count` gRPC ports from `first` on, skipping `taken` (the REST and HTTP ports): 8500, 8502, ..."""
+    ports: list[int] = []
+    port = first
+    while len(ports) < count:
+        if port not in taken:
+            ports.append(port)
+        port += 1
+    return ports
+
+
+def model_server_target(ports: list[int]) -> str:
+    """The gateway's MODEL_SERVER for model servers on these loopback ports: gRPC's ipv4: list for several."""
+    addresses = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return addresses if len(ports) == 1 else f"ipv4:{addresses}"
 
 
 def wait_for_models(target: str, names: list[str], process: subprocess.Popen, timeout: float = 120) -> None:
@@ -149,29 +168,88 @@ def model_names_in_config(config_file: Path) -> list[str]:
     return [model.name for model in _read_config(config_file).model_config_list.config]
 
 
-def config_in_models_dir(config, models_dir: Path) -> Path:
-    """The config `--models-dir` alone means: `config` (changed in place) keeping the models that have
-    a folder in `models_dir`, each base_path moved there, written to a temporary file."""
-    from google.protobuf import text_format
+# How often `make serve` looks for changes in --models-dir's models.config and model folders, and how
+# often its model servers re-read the config it writes them (--model_config_file_poll_wait_seconds).
+MODEL_CONFIG_POLL_SECONDS = 2
 
+
+def config_for_models_dir(models_dir: Path):
+    """The config `--models-dir` alone means: the models its registry lists (serving/model_config.py),
+    or without one serving/config/models.config's models, in either case those with an exported
+    version in models_dir, loaded from there."""
+    config = model_config.served_config(models_dir)
+    if config is not None:
+        return config
+    config = _read_config(ROOT / DEFAULT_MODEL_CONFIG_FILE)
     models = config.model_config_list.config
-    kept = [model for model in models if (models_dir / model.name).is_dir()]
-    if not kept:
-        raise SystemExit(f"no model folders ({', '.join(m.name for m in models)}) in {models_dir}: "
-                         "train them first (make train), or give --model-config-file")
-    if len(kept) < len(models):
-        missing = sorted({model.name for model in models} - {model.name for model in kept})
-        logger.info("serving %s; no folder in %s for %s", ", ".join(m.name for m in kept), models_dir,
-                    ", ".join(missing))
+    kept = [model for model in models if model_config.has_exported_version(models_dir / model.name)]
     for model in kept:
         model.base_path = str((models_dir / model.name).resolve())
     del models[:]
     models.extend(kept)
-    directory = Path(tempfile.mkdtemp(prefix="pixelgate-config-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    written = directory / "models.config"
-    written.write_text(text_format.MessageToString(config))
-    return written
+    return config
+
+
+class ServedModelConfig:
+    """The model config `make serve` gives its model servers and its gateway for `--models-dir`,
+    written to a temporary file and rewritten (atomically) whenever the folder's registry or
+    model folders change, so that a model exported into the folder is served without a restart."""
+
+    HEADER = ("# Written by `make serve` (serving/stack.py) from --models-dir and rewritten when it\n"
+              "# changes: edit that folder's models.config (python -m serving.model_config), not this.\n")
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = models_dir
+        directory = Path(tempfile.mkdtemp(prefix="pixelgate-config-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        self.path = directory / "models.config"
+        self._written = ""
+        self._problem = ""
+        try:
+            self.config = config_for_models_dir(models_dir)
+        except model_config.RegistryError as error:
+            raise SystemExit(f"{error}") from None
+        names = [model.name for model in self.config.model_config_list.config]
+        if not names:
+            raise SystemExit(f"no exported models in {models_dir}: train one first (make train), "
+                             "or give --model-config-file")
+        self._write(self.config)
+
+    def update(self) -> None:
+        """Rewrite the file if the folder now means another config; a broken registry keeps the last."""
+        try:
+            config = config_for_models_dir(self.models_dir)
+        except model_config.RegistryError as error:
+            if str(error) != self._problem:
+                logger.error("%s; serving the models it listed before", error)
+                self._problem = str(error)
+            return
+        self._problem = ""
+        self._write(config)
+
+    def follow(self, stopping: threading.Event) -> threading.Thread:
+        """update() every MODEL_CONFIG_POLL_SECONDS in a thread, until `stopping` is set."""
+        def run() -> None:
+            while not stopping.wait(MODEL_CONFIG_POLL_SECONDS):
+                try:
+                    self.update()
+                except OSError as error:  # e.g. the temporary folder removed under us; try again later
+                    logger.error("cannot write %s: %s", self.path, error)
+
+        thread = threading.Thread(target=run, name="model-config-follower", daemon=True)
+        thread.start()
+        return thread
+
+    def _write(self, config) -> None:
+        from google.protobuf import text_format
+
+        text = text_format.MessageToString(config)
+        if text == self._written:
+            return
+        model_config.write_config_atomically(self.path, config, self.HEADER)
+        names = [model.name for model in config.model_config_list.config]
+        logger.info("serving %s from %s", ", ".join(names) or "no models", self.models_dir)
+        self._written, self.config = text, config
 
 
 def warn_about_other_base_paths(config, models_dir: Path) -> None:
@@ -199,26 +277,39 @@ def main() -> int:
     parser.add_argument("--batching-parameters-file", default=os.environ.get(
         "BATCHING_PARAMETERS_FILE", "serving/config/batching_parameters.txt"))
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
+    # Model servers behind the gateway, on gRPC ports from --grpc-port on (REST on the first only).
+    parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS") or 1))
     args = parser.parse_args()
+    if args.replicas < 1:
+        parser.error(f"--replicas (REPLICAS) must be 1 or more, not {args.replicas}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(message)s")
 
     models_dir = Path(args.models_dir)
+    served = None
     if args.model_config_file:
         config_file = Path(args.model_config_file)
         config = _read_config(config_file)
         warn_about_other_base_paths(config, models_dir)
     else:
-        config = _read_config(ROOT / DEFAULT_MODEL_CONFIG_FILE)
-        config_file = config_in_models_dir(config, models_dir)
+        served = ServedModelConfig(models_dir)
+        config_file, config = served.path, served.config
     names = [model.name for model in config.model_config_list.config]
     flags = [f"--rest_api_port={args.rest_port}"]
+    # The model servers re-read the config file, as TF Serving does: a model added there is served.
+    flags.append(f"--model_config_file_poll_wait_seconds={MODEL_CONFIG_POLL_SECONDS}")
     if args.batching_parameters_file:
         flags += batching_flags(Path(args.batching_parameters_file))
-    model_server = start_model_server(args.grpc_port, config_file.resolve(), *flags,
-                                      env=model_server_environment())
+    grpc_ports = replica_ports(args.grpc_port, args.replicas, (args.rest_port, args.http_port))
+    # flags[0] is the REST port: the first model server's only (the others' stays 0, off).
+    model_servers = [start_model_server(port, config_file.resolve(),
+                                        *(flags if index == 0 else flags[1:]), env=model_server_environment())
+                     for index, port in enumerate(grpc_ports)]
     gateway = None
     stopping = False
+    following = threading.Event()
+    if served is not None:
+        served.follow(following)
 
     def on_signal(signum, frame):
         nonlocal stopping
@@ -229,27 +320,32 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        wait_for_models(f"127.0.0.1:{args.grpc_port}", names, model_server)
-        # The gateway serves the models the config file lists, not every folder under --models-dir.
-        gateway = start_gateway(args.http_port, f"127.0.0.1:{args.grpc_port}", models_dir.resolve(),
-                                host=args.host, env={"MODELS": os.environ.get("MODELS") or ",".join(names)})
+        for port, model_server in zip(grpc_ports, model_servers, strict=True):
+            wait_for_models(f"127.0.0.1:{port}", names, model_server)
+        # The gateway serves the models the config file lists (re-read as it changes), not every
+        # folder under --models-dir (MODELS, when set, takes precedence).
+        gateway = start_gateway(args.http_port, model_server_target(grpc_ports), models_dir.resolve(),
+                                host=args.host, env={"MODEL_CONFIG_FILE": str(config_file.resolve())})
         ready = wait_for_http(f"http://127.0.0.1:{args.http_port}/readyz", gateway)
         url = f"http://localhost:{args.http_port}"
         rest = (f"  model server (REST, TF Serving API): http://localhost:{args.rest_port}\n"
                 if args.rest_port else "")
         print(f"\npixelgate is ready: models {ready['models']}\n"
-              f"  model server (gRPC, TF Serving API): localhost:{args.grpc_port}\n"
+              f"  model server (gRPC, TF Serving API): "
+              f"{', '.join(f'localhost:{port}' for port in grpc_ports)}\n"
               f"{rest}"
               f"  gateway (HTTP):                      {url}\n\n"
               f"Try:\n  curl -F image=@seven.png {url}/v1/models/mnist:predict\n"
-              f"  curl {url}/v1/models\n\nCtrl-C stops both.\n", flush=True)
-        while model_server.poll() is None and gateway.poll() is None:
+              f"  curl {url}/v1/models\n\nCtrl-C stops them all.\n", flush=True)
+        processes = [*model_servers, gateway]
+        while all(process.poll() is None for process in processes):
             time.sleep(0.5)
-        ended = model_server if model_server.poll() is not None else gateway
+        ended = next(process for process in processes if process.poll() is not None)
         if ended.returncode == 0:  # stopped by a signal sent to the whole process group
             print("\nstopping...", flush=True)
             return 0
-        which = "model server" if ended is model_server else "gateway"
+        which = ("gateway" if ended is gateway
+                 else f"model server on port {grpc_ports[model_servers.index(ended)]}")
         logger.error("the %s exited with status %s; stopping", which, ended.returncode)
         return 1
     except KeyboardInterrupt:
@@ -260,7 +356,8 @@ def main() -> int:
                      "MODEL_SERVER_REST_PORT, GATEWAY_PORT) choose others", error)
         return 1
     finally:
-        stop(*[p for p in (gateway, model_server) if p is not None])
+        following.set()
+        stop(*[p for p in (gateway, *model_servers) if p is not None])
 
 
 if __name__ == "__main__":

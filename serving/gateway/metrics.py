@@ -66,6 +66,11 @@ MODEL_SERVER_ERRORS = Counter(
     "requests it carried)",
     ["method", "code"],
 )
+MODEL_SERVER_FAILOVERS = Counter(
+    "pixelgate_model_server_failovers_total",
+    "Model-server calls that failed on one replica and were retried on another by gRPC (the gateway's "
+    "call did not fail); each replica connection lost also counts once",
+)
 
 OUT_OF_DISTRIBUTION_IMAGES = Counter(
     "pixelgate_out_of_distribution_images_total",

@@ -6,6 +6,7 @@ GatewayError. The client makes the calls it is given; which calls to make is the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -15,14 +16,14 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 
-from serving.gateway.channel import TlsSettings, create_channel
+from serving.gateway.channel import TlsSettings, create_channel, failed_attempts
 from serving.gateway.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelServerUnavailableError,
     from_grpc_error,
 )
-from serving.gateway.metrics import MODEL_SERVER_BATCH_IMAGES, MODEL_SERVER_ERRORS
+from serving.gateway.metrics import MODEL_SERVER_BATCH_IMAGES, MODEL_SERVER_ERRORS, MODEL_SERVER_FAILOVERS
 from serving.model_status import VersionStatus
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from serving.protos.tensorflow_serving.apis import (
@@ -43,6 +44,7 @@ _MAX_REQUEST_IDS_LENGTH = 1024
 _PREDICTION_STUB: Any = prediction_service_pb2_grpc.PredictionServiceStub
 _MODEL_STUB: Any = model_service_pb2_grpc.ModelServiceStub
 _CANCELLED = "model server unavailable: the call was cancelled"
+_FAILOVER_READING_SECONDS = 1.0  # how often a worker adds gRPC's retries to the failover counter
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ModelServerClient:
         self.target = target
         self.timeout = timeout  # of metadata and status calls without one of their own
         self.channel = create_channel(target, tls)
+        self._failovers = _FailoverCount.of(target)
         self._prediction = _PREDICTION_STUB(self.channel)
         self._models = _MODEL_STUB(self.channel)
 
@@ -92,6 +95,8 @@ class ModelServerClient:
         except grpc.RpcError as error:
             _count_error("Predict", error)
             raise from_grpc_error(error) from None
+        finally:
+            self._failovers.update()
         return _answer(response)
 
     def start(self, call: PredictCall, deadline: float) -> Future[Answer]:
@@ -103,6 +108,7 @@ class ModelServerClient:
         answer: Future[Answer] = Future()
         answer.add_done_callback(lambda done: rpc.cancel() if done.cancelled() else None)
         rpc.add_done_callback(lambda done: _complete(answer, done))
+        rpc.add_done_callback(lambda done: self._failovers.update())
         return answer
 
     def signatures(self, name: str, version: int | None = None,
@@ -144,6 +150,39 @@ class ModelServerClient:
         except grpc.RpcError as error:
             _count_error(method_name, error)
             raise from_grpc_error(error) from None
+
+
+class _FailoverCount:
+    """Adds the retries gRPC made on this process's channels to `target` to MODEL_SERVER_FAILOVERS, at
+    most once a second (reading channelz walks every channel): one per target, as they are summed."""
+
+    _by_target: dict[str, _FailoverCount] = {}
+    _creating = threading.Lock()
+
+    def __init__(self, target: str):
+        self.target = target
+        self._lock = threading.Lock()
+        self._counted = failed_attempts(target)
+        self._read_at = time.monotonic()
+
+    @classmethod
+    def of(cls, target: str) -> _FailoverCount:
+        with cls._creating:
+            if target not in cls._by_target:
+                cls._by_target[target] = cls(target)
+            return cls._by_target[target]
+
+    def update(self) -> None:
+        if time.monotonic() - self._read_at < _FAILOVER_READING_SECONDS or not self._lock.acquire(False):
+            return
+        try:
+            self._read_at = time.monotonic()
+            failed = failed_attempts(self.target)
+            # Fewer than before: a channel was closed and its counts went with it.
+            MODEL_SERVER_FAILOVERS.inc(max(failed - self._counted, 0))
+            self._counted = failed
+        finally:
+            self._lock.release()
 
 
 def joined_request_ids(request_ids: Sequence[str]) -> str:

@@ -1,0 +1,120 @@
+"""Several model servers behind one gateway (MODEL_SERVER=ipv4:a,b): gRPC's round_robin spreads the
+calls over both, its retry policy hides a replica's death, and a replica that comes back on its port
+gets calls again. Real model servers and a real gateway on loopback, under a real load of predicts;
+each model server's own Prometheus page says how many calls it answered."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving import stack
+from tests.conftest import ROOT, encode
+from tests.gateway_stack import GatewayProcess, LoadLoop, ModelServerProcess
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+MONITORING = ROOT / "serving" / "config" / "monitoring.config"
+ANSWERED = ":tensorflow:serving:request_count"  # TF Serving's name: calls answered, by model and status
+FAILOVERS = "pixelgate_model_server_failovers_total"
+LOAD_THREADS = 8
+
+
+def sample(url: str, name: str, **labels: str) -> float:
+    """One sample of the Prometheus page at `url` (0 while the series does not exist yet)."""
+    text = requests.get(url, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0
+
+
+class Replica(ModelServerProcess):
+    """A model server with its Prometheus page on a REST port of its own, kept across restarts."""
+
+    def __init__(self, config_file, log_dir):
+        self.rest_port = stack.free_port()
+        super().__init__(config_file, log_dir, flags=(
+            "--file_system_poll_wait_seconds=0", f"--rest_api_port={self.rest_port}",
+            f"--monitoring_config_file={MONITORING}"))
+
+    def answered(self) -> float:
+        return sample(f"http://127.0.0.1:{self.rest_port}{METRICS_PATH}", ANSWERED, model_name="mnist",
+                      status="OK")
+
+
+@pytest.fixture(scope="module")
+def replicas(models_dir, tmp_path_factory):
+    """Two model servers of the session's tiny mnist model, and a gateway (2 workers) using both."""
+    directory = tmp_path_factory.mktemp("replicas")
+    config = directory / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "mnist" base_path: "{models_dir / "mnist"}" '
+                      'model_platform: "tensorflow" } }\n')
+    servers = [Replica(config, directory), Replica(config, directory)]
+    for server in servers:
+        server.start(["mnist"], wait=False)
+    gateway = None
+    try:
+        for server in servers:
+            stack.wait_for_models(server.target, ["mnist"], server.process)
+        target = stack.model_server_target([server.port for server in servers])
+        gateway = GatewayProcess(target, models_dir, directory / "gateway.log",
+                                 env={"MODELS": "mnist", "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "8"})
+        gateway.start(wait_path="/readyz")
+        yield servers, gateway
+    finally:
+        stack.stop(*[process for process in (gateway and gateway.process, *(s.process for s in servers))
+                     if process is not None])
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def test_calls_spread_over_both_replicas_and_survive_the_death_of_one(replicas, test_images):
+    servers, gateway = replicas
+    digit = encode(test_images["mnist"][0][0])
+    before = [server.answered() for server in servers]
+    failovers = sample(f"{gateway.url}/metrics", FAILOVERS)
+    url = f"{gateway.url}/v1/models/mnist:predict"
+    with LoadLoop(url, digit, threads=LOAD_THREADS) as load:
+        # Both answer calls: round_robin per call, not one connection for everything.
+        wait_until(lambda: all(s.answered() - b >= 20 for s, b in zip(servers, before, strict=True)), 60,
+                   "both replicas answered 20 calls")
+        servers[0].process.send_signal(signal.SIGKILL)  # no goodbye: calls in flight on it fail
+        servers[0].process.wait()
+        killed_at = len(load.snapshot())
+        wait_until(lambda: len(load.snapshot()) - killed_at >= 100, 60, "100 answers with one replica")
+        # One replica serves mnist: ready.
+        assert requests.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
+        servers[0].start(["mnist"])  # on the same port: the gateway's channel reconnects by itself
+        wait_until(lambda: servers[0].answered() >= 20, 60, "the restarted replica answered 20 calls")
+    answers = load.snapshot()
+    failed = [answer for answer in answers if answer.status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} failed, e.g. {failed[0]}"
+    assert all(answer.version == 1 for answer in answers)
+    # The calls that met the dead replica were retried on the other one, and counted. (A killed replica
+    # also ends one health watch per gateway worker: more retries than workers prove a retried call.)
+    wait_until(lambda: sample(f"{gateway.url}/metrics", FAILOVERS) > failovers, 10, "a failover counted")
+
+
+def test_a_model_server_target_that_grpc_cannot_resolve_stops_the_gateway(tmp_path):
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as output:
+        process = stack.start_gateway(stack.free_port(), "ipv4:localhost:8500,127.0.0.1:8502", tmp_path,
+                                      env={"GATEWAY_WORKERS": "1"}, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        assert process.wait(timeout=60) != 0
+    finally:
+        stack.stop(process)
+    assert ("MODEL_SERVER='ipv4:localhost:8500,127.0.0.1:8502' is not a gRPC target "
+            "('localhost' does not appear to be an IPv4 or IPv6 address)") in log.read_text()
