@@ -21,6 +21,7 @@ from .datasets import (  # noqa: E402
     load_data,
     load_exact_test_mask,
 )
+from .distribute import STRATEGIES, StrategyError  # noqa: E402
 from .profiles import PROFILES, TrainingSetTooSmallError  # noqa: E402
 
 logger = logging.getLogger("training")  # __name__ is "__main__" under -m
@@ -43,8 +44,11 @@ def train_command(args):
             architecture=args.architecture, limit=args.limit, epochs=args.epochs,
             verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where they redraw in place
             data=data,
-            logs_dir=args.logs_dir, resume=args.resume, precision=args.precision,
+            logs_dir=args.logs_dir, resume=args.resume, precision=args.precision, strategy=args.strategy,
         )
+        if version_dir is None:  # a worker other than the chief: the chief exports and reports
+            print(f"{name}: trained with the other workers; the chief exports the version")
+            continue
         results.append((name, version_dir))
     for name, version_dir in results:
         record = json.loads((version_dir / "assets.extra" / "evaluation.json").read_text())
@@ -152,6 +156,10 @@ def build_parser():
     train.add_argument("--precision", default="auto",
                        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
                        help="auto: mixed float16 on a GPU, float32 otherwise")
+    train.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                       help="one: one device; mirrored: every GPU of this machine; multiworker: the "
+                            "cluster in TF_CONFIG (only its chief exports); auto (default): multiworker "
+                            "when TF_CONFIG names several workers, mirrored on several GPUs, else one")
     train.set_defaults(handler=train_command)
 
     imported = commands.add_parser("import", help="export a classifier trained elsewhere as a new version")
@@ -204,7 +212,7 @@ def main(argv=None):
     try:
         return args.handler(args)
     # A message, not a traceback.
-    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError,
+    except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError, StrategyError,
             DataFolderError, ModelNameError, ModelImportError) as error:
         logger.error("%s", error)
         return 2

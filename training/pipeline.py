@@ -20,6 +20,7 @@ from serving.model_config import register_model
 
 from . import ood
 from .datasets import get_spec, load_data, load_exact_test_mask
+from .distribute import get_distribution, scale_for_replicas, worker_run_dir
 from .export import ExportedModel, export_model, preprocessing_spec
 from .foreign_images import as_served
 from .metrics import apply_temperature, classification_metrics, expected_calibration_error, fit_temperature
@@ -44,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 def train_and_export(name, *, profile="quick", models_dir="models", data_dir=None, architecture="cnn",
                      limit=None, epochs=None, verbose=1, seed=1337, logs_dir=None, resume=False, data=None,
-                     precision="auto", latency_runs=50, ood_images=None, ood_test_images=None):
+                     precision="auto", latency_runs=50, ood_images=None, ood_test_images=None,
+                     strategy="auto"):
     """Train `name` (a data set in DATASETS) and export it; returns the new version directory.
     `data` (folders.FolderData: a folder of one's own images, read and split) trains model `name` on it.
 
@@ -53,7 +55,10 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     Versions with a validation split get an out-of-distribution score, measured in the report
     against `ood_images` foreign images of each kind and `ood_test_images` test images (default:
     1,000 and all; 100 and 1,000 for the tiny profile, which is for tests).
+    `strategy` (distribute.py) trains on several GPUs or workers; only the chief exports, the
+    other workers return None.
     """
+    distribution = get_distribution(strategy)  # before any other TensorFlow op
     if data is None:
         spec = get_spec(name)
         (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
@@ -69,6 +74,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             settings = get_profile(profile, name) if data is None else data.profile(profile)
             if epochs:
                 settings = dataclasses.replace(settings, epochs=epochs)
+            settings = scale_for_replicas(settings, distribution.replicas)
             held_out = int(len(x_train) * settings.validation_fraction)  # as train() splits
             if settings.validation_fraction and held_out == 0:
                 raise TrainingSetTooSmallError(
@@ -77,7 +83,8 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
                     f"{math.ceil(1 / settings.validation_fraction)} or more")
             fit_size = len(x_train) - held_out
             steps_per_epoch = math.ceil(fit_size / settings.batch_size)
-            model = build_model(spec, settings=settings, steps_per_epoch=steps_per_epoch)
+            with distribution.strategy.scope():  # variables and optimizer state on every replica
+                model = build_model(spec, settings=settings, steps_per_epoch=steps_per_epoch)
             fit_options = {"epochs": settings.epochs, "batch_size": settings.batch_size,
                            "validation_fraction": settings.validation_fraction,
                            "augmentation": settings.augmentation,
@@ -85,8 +92,10 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         elif architecture == "mlp":
             # The course's recipe exactly: all 60,000 images, a constant RMSprop rate, 5 epochs of 128.
             settings = None
-            model = build_baseline_mlp(spec)
-            fit_options = {"epochs": epochs or BASELINE_EPOCHS, "batch_size": BASELINE_BATCH_SIZE,
+            with distribution.strategy.scope():
+                model = build_baseline_mlp(spec)
+            fit_options = {"epochs": epochs or BASELINE_EPOCHS,
+                           "batch_size": BASELINE_BATCH_SIZE * distribution.replicas,
                            "validation_fraction": 0.0}
         else:
             raise ValueError(f"unknown architecture {architecture!r}; "
@@ -98,15 +107,20 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         logger.info("training %s (%s, profile %s, %s) on %d images for %d epochs",
                     name, architecture, profile, precision, len(x_train), fit_options["epochs"])
         started, cpu_started = time.perf_counter(), time.process_time()
-        history = train(model, x_train, y_train, seed=seed, run_dir=run_dir, resume=resume, verbose=verbose,
-                        **fit_options)
+        with worker_run_dir(distribution, run_dir, resume) as own_run_dir:
+            history = train(model, x_train, y_train, seed=seed, run_dir=own_run_dir, resume=resume,
+                            verbose=verbose, **fit_options)
         training_seconds = time.perf_counter() - started
         # On a shared machine the wall clock stretches; CPU time over the cores does not.
         training_cpu_seconds = time.process_time() - cpu_started
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if not distribution.is_chief:
+        logger.info("%s: trained as %s of %d workers; the chief exports", name, distribution.task,
+                    distribution.workers)
+        return None
 
-    serving_model = _serving_model(model, spec, settings, precision)
+    serving_model = _serving_model(model, spec, settings, precision, rebuild=distribution.name != "one")
     calibration = {}
     if settings is not None and settings.temperature_scaling and settings.validation_fraction:
         _, (validation_images, validation_labels) = split_validation(
@@ -134,7 +148,8 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         "input_shape": [spec.height, spec.width, spec.channels],
         "epochs": fit_options["epochs"],
         "epochs_run": len(history.get("loss", [])),
-        "batch_size": fit_options["batch_size"],
+        "batch_size": fit_options["batch_size"],  # the global batch: per replica × replicas
+        "distribution": distribution.describe(),
         "augmented": bool(settings and settings.augmentation),
         "precision": precision,
         "seed": seed,
@@ -227,10 +242,11 @@ def choose_precision(precision="auto"):
     return precision
 
 
-def _serving_model(model, name, settings, precision):
+def _serving_model(model, name, settings, precision, rebuild=False):
     """The exported network: float32 throughout (whatever precision trained it), and for
-    profiles that say so, averaged over the image and its mirror image."""
-    if precision != "float32":
+    profiles that say so, averaged over the image and its mirror image. `rebuild`: a copy outside
+    the strategy that trained it, so that predicting and exporting need no other worker."""
+    if precision != "float32" or rebuild:
         # A half-precision graph would run slowly, or not at all, on the CPUs that serve it.
         trained = model
         model = build_model(name, settings=settings) if settings is not None else build_baseline_mlp(name)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .augmentation import augment_batch
+from .distribute import with_data_sharding
 from .metrics import classification_metrics
 
 PIXEL_SCALE = 255.0
@@ -80,6 +81,9 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
         validation_data = (preprocess(validation_images), one_hot)
     dataset = training_dataset(fit_images, fit_labels, batch_size=batch_size, num_classes=num_classes,
                                seed=seed, augmentation=augmentation)
+    # Under a multi-worker strategy each worker keeps its share of every (global) batch; the same
+    # seed gives every worker the same shuffled order.
+    dataset = with_data_sharding(dataset)
     callbacks = [EpochLogger(), *callbacks]
     if early_stopping_patience and validation_data is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
