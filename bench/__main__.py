@@ -84,12 +84,13 @@ def parse_arguments() -> argparse.Namespace:
         nargs="*",
         default=[],
         choices=[
-            "inprocess", "server", "batching", "v2", "small", "floor", "gateway", "tutorial", "devserver"
+            "inprocess", "server", "batching", "v2", "small", "floor", "gateway", "explain", "tutorial",
+            "devserver",
         ],
         help="phases to leave out (server: the model server without batching; v2: KServe v2's gRPC "
         "ModelInfer at c=32 on the batching server, run after its Predict rows; small: with the "
-        "small-model batching configuration; devserver: the tutorial app's reference row on "
-        "Flask's development server)",
+        "small-model batching configuration; explain: the gateway's explain=true latency, one image "
+        "at a time; devserver: the tutorial app's reference row on Flask's development server)",
     )
     args = parser.parse_args()
     args.tutorial_layout = servers.TutorialLayout(args.tutorial_workers, args.tutorial_threads)
@@ -126,7 +127,9 @@ def main() -> int:
     result.gateway_footprint = phases.gateway_import_footprint()
     if "inprocess" not in args.skip:
         for name in args.models:
-            result.in_process[name] = phases.in_process_limit(name, models_dir, args.data_dir, args.seconds)
+            result.in_process[name], result.score_cost[name] = phases.in_process_limit(
+                name, models_dir, args.data_dir, args.seconds
+            )
     config_file = servers.write_model_config(args.models, models_dir, args.results_dir / "models.config")
     if "server" not in args.skip:
         with servers.model_server(

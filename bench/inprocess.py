@@ -1,8 +1,9 @@
 """The in-process limit: the exported signature called directly, no server, no network.
 
 `python -m bench.inprocess --models-dir DIR --data-dir DIR --model mnist --seconds 3` prints one
-JSON line per batch size with images per second; a separate process, so the benchmark's own
-process never loads TensorFlow.
+JSON line per batch size with images per second, then one per batch size with what the
+out-of-distribution score costs a call (bench/score_cost.py); a separate process, so the
+benchmark's own process never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def main() -> None:
         print(
             json.dumps({"model": args.model, "batch_size": batch_size, "images_per_second": rate}), flush=True
         )
+    from bench import score_cost
+
+    version_dir = args.models_dir / args.model / str(version)
+    for row in score_cost.measure(version_dir, images, BATCH_SIZES, args.seconds):
+        print(json.dumps({"model": args.model, "score_cost": row}), flush=True)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ def gateway_import_footprint() -> dict:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def in_process_limit(name: str, models_dir: Path, data_dir: str, seconds: float) -> dict[int, float]:
+def in_process_limit(
+    name: str, models_dir: Path, data_dir: str, seconds: float
+) -> tuple[dict[int, float], list[dict]]:
+    """Images/s per batch size, and the out-of-distribution score's cost rows (bench/score_cost.py)."""
     logger.info("%s: in-process limit", name)
     output = subprocess.run(
         [sys.executable, "-m", "bench.inprocess", "--models-dir", str(models_dir), "--data-dir", data_dir,
@@ -61,7 +64,8 @@ def in_process_limit(name: str, models_dir: Path, data_dir: str, seconds: float)
         env=stack.model_server_environment(),  # the model server's, so the limit is the same model's
     ).stdout
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    return {row["batch_size"]: row["images_per_second"] for row in rows}
+    limits = {row["batch_size"]: row["images_per_second"] for row in rows if "images_per_second" in row}
+    return limits, [row["score_cost"] for row in rows if "score_cost" in row]
 
 
 def first_request_latency(target: str, workload: Workload, warmup: str) -> dict:
@@ -196,6 +200,8 @@ def run_gateway(
                 )
                 run(WARMUP_SECONDS)  # after the tutorial app's last run, as before each closed loop
                 result.results.append(with_cpu(pids, partial(run, args.seconds)))
+            if "explain" not in args.skip:
+                result.results.append(explain_latency(args, url, workload, pids))
             if "devserver" not in args.skip:
                 tutorial_results.extend(run_development_server(args, workload, models_dir, wrk, logs))
         result.gateway_footprint["worker_rss_mb"] = worker_rss_mb(gateway.pid)
@@ -227,3 +233,13 @@ def run_development_server(
     highest = argparse.Namespace(**{**vars(args), "http_concurrency": [max(args.http_concurrency)]})
     with servers.tutorial_app(workload, models_dir, logs) as (url, pids):
         return http_runs(highest, [(report.TUTORIAL_DEV, url, pids)], workload, wrk)[0]
+
+
+def explain_latency(args, url: str, workload: Workload, pids: list[int]) -> LoadResult:
+    """One image at a time with explain=true: an explanation's latency on an otherwise idle gateway."""
+    run = partial(
+        http_load.run_python_closed_loop, f"{url}?explain=true", workload.multipart_bodies(),
+        MULTIPART_CONTENT_TYPE, 1, label=report.EXPLAIN, model=workload.model,
+    )
+    run(WARMUP_SECONDS)
+    return with_cpu(pids, partial(run, args.seconds))

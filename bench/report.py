@@ -20,6 +20,9 @@ FLOOR = "Python gRPC floor (no model)"
 GATEWAY = "gateway HTTP (PNG)"
 TUTORIAL = "tutorial app, gunicorn (PNG)"  # the yardstick: the goals compare the gateway with it
 TUTORIAL_DEV = "tutorial app, Flask dev server"  # the same app as most guides run it: for reference
+EXPLAIN = "gateway explain=true (PNG)"  # one image at a time
+EXPLAIN_GOAL_MS = 150  # issue 31: p50 of one 28x28 image's explanation on 2 cores
+SCORE_COST_GOAL = 0.05  # issue 31: the out-of-distribution score adds at most 5 % to a prediction's CPU
 # Above this share of the cores taken by other processes during a run, the run is marked.
 SHARED_MACHINE_SHARE = 0.05
 
@@ -29,6 +32,8 @@ class Report:
     header: list[str]
     results: list[LoadResult] = field(default_factory=list)
     in_process: dict[str, dict[int, float]] = field(default_factory=dict)  # model -> batch size -> images/s
+    # model -> rows of bench/score_cost.py: CPU µs per call without and with the ood_score output
+    score_cost: dict[str, list[dict]] = field(default_factory=dict)
     first_requests: list[dict] = field(default_factory=list)
     gateway_footprint: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -121,6 +126,14 @@ def ratio_lines(report: Report) -> list[str]:
                 f"{model:<8} v2 ModelInfer / Predict at c=32 (gRPC, batching): {ratio:.2f}  "
                 f"goal >= {V2_GOAL}: {verdict}"
             )
+        lines.extend(score_cost_lines(report, model))
+        explained = report.find(EXPLAIN, model, 1)
+        if explained and explained.p50_ms:
+            verdict = "met" if explained.p50_ms <= EXPLAIN_GOAL_MS else "MISSED"
+            lines.append(
+                f"{model:<8} explain=true, one image at a time: p50 {explained.p50_ms:.1f} ms  "
+                f"goal <= {EXPLAIN_GOAL_MS} ms: {verdict}"
+            )
         for target in (SERVER_BATCHING, GATEWAY):
             half = report.find(target, model, rate=True)
             if half and half.p50_ms:
@@ -130,6 +143,29 @@ def ratio_lines(report: Report) -> list[str]:
                     f"{model:<8} {target} at {half.rate:.0f}/s (half of saturation): p99/p50 = "
                     f"{spread:.2f}  goal <= 3: {verdict}"
                 )
+    return lines
+
+
+def score_cost_lines(report: Report, model: str) -> list[str]:
+    """The out-of-distribution score's share of the model's CPU per call, and of the whole gateway path's."""
+    lines = []
+    gateway = report.find(GATEWAY, model, 32)
+    for row in report.score_cost.get(model, []):
+        added_us = row["scored_us"] - row["plain_us"]
+        growth = added_us / row["plain_us"]
+        line = (
+            f"{model:<8} ood_score in the model at batch {row['batch_size']}: {row['plain_us']:.0f} -> "
+            f"{row['scored_us']:.0f} CPU us per call ({growth:+.1%})"
+        )
+        if row["batch_size"] == 1 and gateway and gateway.server_cpu_ms > 0:  # NaN: not measured
+            # A lone image's extra ops, against all the CPU the gateway path spends per request.
+            share = added_us / 1000 / gateway.server_cpu_ms
+            verdict = "met" if share <= SCORE_COST_GOAL else "MISSED"
+            line += (
+                f"; of the gateway path's {gateway.server_cpu_ms:.2f} CPU ms per request: {share:+.1%}  "
+                f"goal <= {SCORE_COST_GOAL:.0%}: {verdict}"
+            )
+        lines.append(line)
     return lines
 
 
@@ -188,6 +224,7 @@ def write(report: Report, directory: Path, stamp: str) -> Path:
     data = {
         "header": report.header,
         "in_process": report.in_process,
+        "score_cost": report.score_cost,
         "results": [result.as_dict() for result in report.results],
         "first_requests": report.first_requests,
         "gateway_footprint": report.gateway_footprint,

@@ -138,6 +138,38 @@ def test_wrk_posts_pngs_the_gateway_accepts(gateway_url, workload):
     assert result.requests > 0 and not result.errors and result.p50_ms > 0
 
 
+def test_score_cost_runs_the_export_with_and_without_its_score(models_dir, workload):
+    import tensorflow as tf
+
+    from bench import score_cost
+
+    version_dir = models_dir / "mnist" / "1"
+    images = workload.floats()[:4]
+    frozen = score_cost.FrozenSignature(version_dir)
+    plain, = frozen.runner(["probabilities"])(images)
+    probabilities, scores = frozen.runner(["probabilities", "ood_score"])(images)
+    loaded = tf.saved_model.load(str(version_dir))
+    answers = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(plain, answers["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores, answers["ood_score"].numpy(), rtol=1e-4, atol=1e-4)
+    # Without the score, its ops do not run: the "plain" row is a prediction without them.
+    without = frozen.executed_nodes(["probabilities"], images)
+    with_score = frozen.executed_nodes(["probabilities", "ood_score"], images)
+    assert without < with_score and len(with_score - without) >= 5
+    frozen.close()
+    row, = score_cost.measure(version_dir, images, (1,), seconds=0.2, rounds=1)
+    assert row["batch_size"] == 1 and row["plain_us"] > 0 and row["scored_us"] > 0
+
+
+def test_explain_latency_is_measured_through_the_gateway(gateway_url, workload):
+    result = http_load.run_python_closed_loop(
+        f"{gateway_url}/v1/models/mnist:predict?explain=true", workload.multipart_bodies(),
+        MULTIPART_CONTENT_TYPE, 1, 1.0, label=report.EXPLAIN, model="mnist",
+    )
+    assert result.requests > 0 and not result.errors and result.p50_ms > 0
+
+
 def test_report_shows_every_run_and_judges_the_goals():
     runs = report.Report(header=["test"], in_process={"mnist": {1: 100.0, 32: 1000.0}})
     for target, throughput_per_second in (
@@ -161,6 +193,18 @@ def test_report_shows_every_run_and_judges_the_goals():
     assert "v2 ModelInfer / Predict at c=32 (gRPC, batching): 0.95  goal >= 0.9: met" in text
     runs.results[1].requests = 1200  # 600/s: 0.86 of Predict's
     assert "Predict at c=32 (gRPC, batching): 0.86  goal >= 0.9: MISSED" in report.render(runs)
+    # A gateway path of 2.0 CPU ms per request: 60 µs more is 3 %, 120 µs 6 %.
+    runs.find(report.GATEWAY, "mnist", 32).server_cpu_ms = 2.0
+    runs.score_cost["mnist"] = [{"batch_size": 1, "plain_us": 500.0, "scored_us": 560.0},
+                                {"batch_size": 32, "plain_us": 8000.0, "scored_us": 8400.0}]
+    runs.results.append(LoadResult(report.EXPLAIN, "mnist", 1, None, 20, 2.0, p50_ms=160, p95_ms=170))
+    text = report.render(runs)
+    assert ("ood_score in the model at batch 1: 500 -> 560 CPU us per call (+12.0%); of the gateway path's "
+            "2.00 CPU ms per request: +3.0%  goal <= 5%: met") in text
+    assert "ood_score in the model at batch 32: 8000 -> 8400 CPU us per call (+5.0%)" in text
+    assert "explain=true, one image at a time: p50 160.0 ms  goal <= 150 ms: MISSED" in text
+    runs.score_cost["mnist"][0]["scored_us"] = 620.0
+    assert "+6.0%  goal <= 5%: MISSED" in report.render(runs)
     assert text.count("mnist ") >= 5
 
 
