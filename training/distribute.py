@@ -112,9 +112,11 @@ def get_distribution(strategy="auto"):
     name = resolve(strategy)
     config = read_tf_config()
     if name == "multiworker":
-        # Ring all-reduce runs on CPUs as well as GPUs (NCCL needs GPUs on every worker).
+        # NCCL (AUTO's choice) needs GPUs; ring all-reduce over gRPC runs on CPUs too.
+        implementation = tf.distribute.experimental.CommunicationImplementation
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+            implementation=implementation.AUTO if tf.config.list_physical_devices("GPU")
+            else implementation.RING)
         made = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         patch_keras_for_multi_worker()
         task = config["task"]
