@@ -22,6 +22,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.config import pixelgate_config_pb2
 from serving.config.monitoring_config_pb2 import MonitoringConfig
+from serving.model_config import REGISTRY_NAME, register_model
 from serving.model_server.flags import FLAGS, parse_command_line
 from serving.protos.tensorflow_serving.apis import get_model_status_pb2
 from serving.stack import free_port, stop, wait_for_models
@@ -71,11 +72,27 @@ TF_SERVING_GRAPH_DEF_VERSION = 2288
 
 # ---- TF Serving's config files ------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, base", [("models.config", "models/"), ("models.docker.config", "/models/")])
-def test_model_configs_parse_as_tf_serving_reads_them(name, base):
-    config = text_format.Parse((CONFIG / name).read_text(), model_server_config_pb2.ModelServerConfig())
+def container_registry(directory: Path, models_dir: Path | None = None) -> Path:
+    """The models.config training writes into a models folder (`directory`, holding the three
+    models: links to `models_dir`'s, or empty stand-ins), as the containers read it at /models."""
+    for name in MODELS:
+        if models_dir is not None:
+            (directory / name).symlink_to(models_dir / name, target_is_directory=True)
+        else:
+            (directory / name / "1").mkdir(parents=True)
+            (directory / name / "1" / "saved_model.pb").write_bytes(b"")
+        register_model(directory, name)
+    return directory / REGISTRY_NAME
+
+
+@pytest.mark.parametrize("source, base", [("repo", "models/"), ("training", "/models/")])
+def test_model_configs_parse_as_tf_serving_reads_them(source, base, tmp_path):
+    """serving/config/models.config (make serve's models without a registry) and the registry
+    training writes, which TF Serving reads in the containers."""
+    path = CONFIG / "models.config" if source == "repo" else container_registry(tmp_path)
+    config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
     models = config.model_config_list.config
-    assert [model.name for model in models] == list(MODELS)
+    assert sorted(model.name for model in models) == sorted(MODELS)
     for model in models:
         assert model.base_path == base + model.name
         assert model.model_platform == "tensorflow"
@@ -157,9 +174,9 @@ def test_the_compose_command_line_drives_the_embedded_server(models_dir, tmp_pat
     /config and /models mounts pointed at the repo and at test models, starts the embedded server,
     which the readiness probe then finds ready, with Prometheus where monitoring.config says."""
     service = compose_services("gpu")["tfserving"]
-    model_config = tmp_path / "models.docker.config"
-    container_config = (CONFIG / "models.docker.config").read_text()
-    model_config.write_text(container_config.replace('"/models/', f'"{models_dir}/'))
+    registry = container_registry(tmp_path, models_dir)
+    model_config = tmp_path / "served.config"
+    model_config.write_text(registry.read_text().replace('"/models/', f'"{tmp_path}/'))
     grpc_port, rest_port = free_port(), free_port()
     arguments = []
     for name, value in flag_values(service["command"]).items():
@@ -197,7 +214,10 @@ def test_compose_tf_serving_reads_repo_files_and_fits_its_device(variant):
     service = compose_services(variant)["tfserving"]
     flags = flag_values(service["command"])
     for flag in FILE_FLAGS:
-        assert host_path(flags[flag], bind_mounts(service)).is_file(), flag
+        if flag == "model_config_file":  # the registry in models/, which training writes
+            assert host_path(flags[flag], bind_mounts(service)) == ROOT / "models" / REGISTRY_NAME
+        else:
+            assert host_path(flags[flag], bind_mounts(service)).is_file(), flag
     gpu = "deploy" in service
     assert gpu == (variant == "gpu")
     assert service["image"] == f"tensorflow/serving:{TF_SERVING_VERSION}" + ("-gpu" if gpu else "")
@@ -275,12 +295,13 @@ def status_server(states: dict[str, str]) -> http.server.HTTPServer:
     ({"mnist": "AVAILABLE", "fashion_mnist": "AVAILABLE"}, False),  # cifar10 unknown: 404
     (None, False),  # nothing listens
 ])
-def test_readiness_probe_waits_for_every_model(states, ready):
+def test_readiness_probe_waits_for_every_model(states, ready, tmp_path):
+    registry = container_registry(tmp_path)
     server = status_server(states) if states is not None else None
     port = server.server_address[1] if server else free_port()
     try:
         result = subprocess.run(
-            ["bash", str(DOCKER / "tfserving-ready.sh"), str(CONFIG / "models.docker.config")],
+            ["bash", str(DOCKER / "tfserving-ready.sh"), str(registry)],
             env={"PATH": "/usr/bin:/bin", "TF_SERVING_REST_PORT": str(port)}, capture_output=True, timeout=60,
         )
     finally:

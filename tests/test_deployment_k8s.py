@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serving.model_config import REGISTRY_NAME
 from tests.deployment_files import (
     CONFIG,
     DOCKER,
@@ -29,8 +30,8 @@ from tests.deployment_files import (
 )
 
 KUBERNETES_VERSIONS = ("1.27", kubernetes_validate.latest_version())  # 1.27: gRPC probes are GA
-CONFIGMAP_FILES = [CONFIG / "models.docker.config", CONFIG / "batching_parameters_gpu.txt",
-                   CONFIG / "monitoring.config", DOCKER / "tfserving-ready.sh"]
+CONFIGMAP_FILES = [CONFIG / "batching_parameters_gpu.txt", CONFIG / "monitoring.config",
+                   DOCKER / "tfserving-ready.sh"]
 
 
 @pytest.mark.parametrize("path", k8s_manifests(), ids=lambda path: str(path.relative_to(K8S)))
@@ -81,7 +82,10 @@ def test_tf_serving_reads_its_files_from_the_configmap():
     for pod, container in [(tfserving, tfserving["containers"][0]), (predictor, predictor["model"])]:
         directory = _configmap_directory(pod, container)
         for flag, value in flag_values(container["args"]).items():
-            if flag in FILE_FLAGS:
+            if flag == "model_config_file":  # the registry training writes into the models volume
+                models = next(mount for mount in container["volumeMounts"] if mount["name"] == "models")
+                assert value == f"{models['mountPath']}/{REGISTRY_NAME}"
+            elif flag in FILE_FLAGS:
                 assert Path(value).parent == directory and Path(value).name in keys, flag
     container = pod_spec(k8s_object("Deployment", "pixelgate-tfserving"))["containers"][0]
     probe = container["readinessProbe"]["exec"]["command"]
