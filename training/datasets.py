@@ -107,7 +107,7 @@ def load_data(name, data_dir=None):
     spec = get_spec(name)
     folder = resolve_data_dir(data_dir)
     try:
-        splits = _read_local(name, folder)
+        splits = _read_local(spec.name, folder)
     except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         # A truncated download, a Git LFS pointer, a wrong file under the right name.
         raise DatasetNotFoundError(
