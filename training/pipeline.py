@@ -182,6 +182,8 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
 
     if profile == "tiny":
         ood_images, ood_test_images = ood_images or 100, ood_test_images or 1000
+    elif data is not None:  # a folder's test split holds a few hundred images: 500 of each foreign kind do
+        ood_images = ood_images or 500
     ood_score = None
     if settings is not None and settings.validation_fraction:
         ood_score = fit_ood_score(serving_model, spec, x_train, y_train, settings.validation_fraction, seed)
