@@ -50,7 +50,8 @@ class Replica(ModelServerProcess):
 
 @pytest.fixture(scope="module")
 def replicas(models_dir, tmp_path_factory):
-    """Two model servers of the session's tiny mnist model, and a gateway (2 workers) using both."""
+    """Two model servers of the session's tiny mnist model, and a gateway using both. One worker: its one
+    channel's failovers are exactly the calls retried plus one per replica connection lost."""
     directory = tmp_path_factory.mktemp("replicas")
     config = directory / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "mnist" base_path: "{models_dir / "mnist"}" '
@@ -64,7 +65,7 @@ def replicas(models_dir, tmp_path_factory):
             stack.wait_for_models(server.target, ["mnist"], server.process)
         target = stack.model_server_target([server.port for server in servers])
         gateway = GatewayProcess(target, models_dir, directory / "gateway.log",
-                                 env={"MODELS": "mnist", "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "8"})
+                                 env={"MODELS": "mnist", "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "8"})
         gateway.start(wait_path="/readyz")
         yield servers, gateway
     finally:
@@ -80,6 +81,13 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def stalled(load: LoadLoop, seconds: float = 1.0) -> bool:
+    """Whether no answer arrived for `seconds`."""
+    answered = len(load.snapshot())
+    time.sleep(seconds)
+    return len(load.snapshot()) == answered
+
+
 def test_calls_spread_over_both_replicas_and_survive_the_death_of_one(replicas, test_images):
     servers, gateway = replicas
     digit = encode(test_images["mnist"][0][0])
@@ -90,7 +98,11 @@ def test_calls_spread_over_both_replicas_and_survive_the_death_of_one(replicas, 
         # Both answer calls: round_robin per call, not one connection for everything.
         wait_until(lambda: all(s.answered() - b >= 20 for s, b in zip(servers, before, strict=True)), 60,
                    "both replicas answered 20 calls")
-        servers[0].process.send_signal(signal.SIGKILL)  # no goodbye: calls in flight on it fail
+        # Stopped, the replica takes calls and answers none (its connection stays open): once every answer
+        # waits on it, calls are certainly in flight on it when it dies, and must go to the other one.
+        servers[0].process.send_signal(signal.SIGSTOP)
+        wait_until(lambda: stalled(load), 30, "the gateway's calls wait on the stopped replica")
+        servers[0].process.send_signal(signal.SIGKILL)  # no goodbye: its calls in flight fail UNAVAILABLE
         servers[0].process.wait()
         killed_at = len(load.snapshot())
         wait_until(lambda: len(load.snapshot()) - killed_at >= 100, 60, "100 answers with one replica")
@@ -102,9 +114,10 @@ def test_calls_spread_over_both_replicas_and_survive_the_death_of_one(replicas, 
     failed = [answer for answer in answers if answer.status != 200]
     assert not failed, f"{len(failed)} of {len(answers)} failed, e.g. {failed[0]}"
     assert all(answer.version == 1 for answer in answers)
-    # The calls that met the dead replica were retried on the other one, and counted. (A killed replica
-    # also ends one health watch per gateway worker: more retries than workers prove a retried call.)
-    wait_until(lambda: sample(f"{gateway.url}/metrics", FAILOVERS) > failovers, 10, "a failover counted")
+    # The calls that waited on the dead replica were retried on the other one (at least one), and its
+    # connection was lost (one): each counted.
+    wait_until(lambda: sample(f"{gateway.url}/metrics", FAILOVERS) - failovers >= 2, 10,
+               "the retried calls and the lost connection counted")
 
 
 def test_a_model_server_target_that_grpc_cannot_resolve_stops_the_gateway(tmp_path):
