@@ -29,6 +29,7 @@ REGISTRY_NAME = "models.config"
 LOCK_NAME = ".models.config.lock"
 # Where docker/compose.yaml and docker/k8s mount the models folder in the TF Serving container.
 CONTAINER_MODELS_DIR = "/models"
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 # Names a model may have: a folder name, a URL path segment and a Prometheus label value alike.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 HEADER = (
@@ -49,9 +50,9 @@ def registry_path(models_dir: str | Path) -> Path:
 
 
 def has_exported_version(model_dir: Path) -> bool:
-    """Whether `model_dir` holds a version TF Serving can load: `<integer>/saved_model.pb`."""
+    """Whether `model_dir` holds a version TF Serving can load: `<integer>/saved_model.pb[txt]`."""
     try:
-        return any(path.name.isdigit() and (path / "saved_model.pb").is_file()
+        return any(path.name.isdigit() and any((path / name).is_file() for name in SAVED_MODEL_FILES)
                    for path in model_dir.iterdir())
     except OSError:
         return False
