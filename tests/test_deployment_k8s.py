@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serving.gateway.channel import check_target
 from serving.model_config import REGISTRY_NAME
 from tests.deployment_files import (
     CONFIG,
@@ -112,9 +113,11 @@ def test_gateway_reaches_tf_serving_and_scales():
     container = pod["containers"][0]
     environment = environment_of(container)
     assert set(environment) <= known_gateway_variables()
-    service = k8s_object("Service", "pixelgate-tfserving")
+    # Every TF Serving pod by the headless Service's name, which gRPC resolves to all of them.
+    service = k8s_object("Service", "pixelgate-tfserving-headless")
     grpc = next(port for port in service["spec"]["ports"] if port["name"] == "grpc")
-    assert environment["MODEL_SERVER"] == f"{service['metadata']['name']}:{grpc['port']}"
+    assert environment["MODEL_SERVER"] == f"dns:///{service['metadata']['name']}:{grpc['port']}"
+    assert check_target(environment["MODEL_SERVER"])
     assert {port["name"]: str(port["containerPort"]) for port in container["ports"]} == {
         "http": environment["GATEWAY_PORT"]}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -131,6 +134,20 @@ def test_gateway_reaches_tf_serving_and_scales():
     autoscaler = k8s_object("HorizontalPodAutoscaler", "pixelgate-gateway")
     assert autoscaler["spec"]["scaleTargetRef"]["name"] == "pixelgate-gateway"
     assert "cpu" in container["resources"]["requests"]  # the autoscaler's utilization is relative to it
+
+
+def test_the_headless_service_names_every_tf_serving_pod():
+    """clusterIP None: DNS answers each ready pod's address, not one virtual IP (one pod per connection)."""
+    headless = k8s_object("Service", "pixelgate-tfserving-headless")["spec"]
+    tfserving = k8s_object("Deployment", "pixelgate-tfserving")
+    assert headless["clusterIP"] == "None" and not headless.get("publishNotReadyAddresses")
+    assert headless["selector"] == tfserving["spec"]["selector"]["matchLabels"]
+    container = pod_spec(tfserving)["containers"][0]
+    [grpc] = headless["ports"]
+    assert grpc["targetPort"] == "grpc" and str(grpc["port"]) == flag_values(container["args"])["port"]
+    # gRPC looks the name up again when a connection closes: TF Serving closes each after a while, so
+    # the gateway finds pods added since.
+    assert "grpc.max_connection_age_ms=" in flag_values(container["args"])["grpc_channel_arguments"]
 
 
 def test_training_writes_where_tf_serving_reads():
