@@ -1,7 +1,8 @@
 """Several model servers behind one gateway (MODEL_SERVER=ipv4:a,b): gRPC's round_robin spreads the
 calls over both, its retry policy hides a replica's death, and a replica that comes back on its port
 gets calls again. Real model servers and a real gateway on loopback, under a real load of predicts;
-each model server's own Prometheus page says how many calls it answered."""
+each model server's own Prometheus page says how many calls it answered. TLS to several needs the
+name their certificates share."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import time
 
 import pytest
 import requests
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import stack
+from serving.model_server.config import build_single_model_config
+from serving.model_server.options import ServerOptions
+from serving.model_server.server import create_server
 from tests.conftest import ROOT, encode
 from tests.gateway_stack import GatewayProcess, LoadLoop, ModelServerProcess
+from tests.test_gateway_tls import Pki, _gateway, _predict_status, _ssl_config
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 MONITORING = ROOT / "serving" / "config" / "monitoring.config"
@@ -131,3 +137,25 @@ def test_a_model_server_target_that_grpc_cannot_resolve_stops_the_gateway(tmp_pa
         stack.stop(process)
     assert ("MODEL_SERVER='ipv4:localhost:8500,127.0.0.1:8502' is not a gRPC target "
             "('localhost' does not appear to be an IPv4 or IPv6 address)") in log.read_text()
+
+
+def test_tls_to_several_model_servers_checks_the_name_their_certificates_carry(models_dir, tmp_path):
+    pki = Pki(tmp_path)
+    key, certificate = pki.issue("model-server.internal", dns=["model-server.internal"],
+                                 usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    options = ServerOptions(file_system_poll_wait_seconds=0, enable_model_warmup=False,
+                            ssl_config_file=str(_ssl_config(tmp_path / "ssl.config", key, certificate)))
+    servers = [create_server("127.0.0.1:0", build_single_model_config("mnist", str(models_dir / "mnist")),
+                             options) for _ in range(2)]
+    for server, _ in servers:
+        server.start()
+    try:
+        target = stack.model_server_target([port for _, port in servers])
+        with pytest.raises(ValueError, match="with TLS, give MODEL_SERVER_TLS_SERVER_NAME"):
+            _gateway(models_dir, target, MODEL_SERVER_TLS_CA=str(pki.ca_path))
+        client = _gateway(models_dir, target, MODEL_SERVER_TLS_CA=str(pki.ca_path),
+                          MODEL_SERVER_TLS_SERVER_NAME="model-server.internal")
+        assert [_predict_status(client) for _ in range(4)] == [200] * 4
+    finally:
+        for server, _ in servers:
+            server.stop(0)

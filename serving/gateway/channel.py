@@ -125,6 +125,9 @@ def create_channel(target: str, tls: TlsSettings | None = None) -> grpc.Channel:
         return grpc.insecure_channel(target, options=options)
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
+    elif "," in target:  # gRPC would check each certificate against the whole list, and refuse it
+        raise ValueError(f"MODEL_SERVER={target!r} lists several model servers: with TLS, give "
+                         "MODEL_SERVER_TLS_SERVER_NAME, the name their certificates carry")
     return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
