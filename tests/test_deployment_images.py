@@ -78,6 +78,21 @@ def test_training_image_is_tensorflows_gpu_image_of_the_training_version():
     assert serving_version <= tuple(int(part) for part in tensorflow_version.split(".")[:2])
 
 
+def test_training_image_has_every_pixelgate_module_training_imports():
+    import ast
+
+    copied = {shlex.split(arguments)[0].rstrip("/")
+              for arguments in dockerfile_arguments("Dockerfile.training", "COPY")}
+    for path in (ROOT / "training").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for module in modules:
+                package = module.split(".")[0]
+                if (ROOT / package).is_dir() and package != "training":
+                    assert package in copied, f"{path.name} imports {module}, not in the training image"
+
+
 def test_every_training_command_line_is_one_the_training_cli_takes():
     from training.__main__ import build_parser
 
