@@ -49,18 +49,22 @@ serve: install
 	$(PY) -m serving.stack --replicas $(or $(REPLICAS),1)
 
 ## train: MODEL=mnist|fashion_mnist|cifar10|all PROFILE=quick|cpu|full [TRAIN_ARGS=--resume];
-##   MODEL=<your name> DATA=<folder with a sub-folder of images per class>: a model of your own
+##   MODEL=<your name> DATA=<folder with a sub-folder of images per class>: a model of your own;
+##   STRATEGY=auto|one|mirrored|multiworker (tf.distribute; multiworker reads TF_CONFIG, docs/training.md)
 train: install
-	$(PY) -m training train --model $(MODEL) --profile $(PROFILE) $(if $(DATA),--data "$(DATA)") $(TRAIN_ARGS)
+	$(PY) -m training train --model $(MODEL) --profile $(PROFILE) $(if $(DATA),--data "$(DATA)") \
+		$(if $(STRATEGY),--strategy $(STRATEGY)) $(TRAIN_ARGS)
 
 ## test: the whole suite (unit, integration with real servers on loopback, load, browser)
 test: install oip-clients
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## loadtest: Locust, headless, against HOST (default: a stack at :8000, or one it starts); USERS, SPAWN_RATE,
-##   RUN_TIME, LOAD_SHAPE=constant|step, GRPC_TARGET, LOCUST_ARGS; reports/ gets CSV + HTML; fails on a missed SLO
+##   RUN_TIME, LOAD_SHAPE=constant|step, GRPC_TARGET, LOCUST_ARGS; reports/ gets CSV + HTML; fails on a missed SLO;
+##   WORKERS=N: Locust's distributed mode, a master and N worker processes (docs/load-testing.md)
 loadtest: install
 	$(PY) tests/load/run.py $(if $(HOST),--host=$(HOST)) $(if $(GRPC_TARGET),--grpc-target=$(GRPC_TARGET)) \
+		$(if $(WORKERS),--workers=$(WORKERS)) \
 		$(if $(USERS),--users=$(USERS)) $(if $(SPAWN_RATE),--spawn-rate=$(SPAWN_RATE)) \
 		$(if $(RUN_TIME),--run-time=$(RUN_TIME)) $(if $(LOAD_SHAPE),--load-shape=$(LOAD_SHAPE)) $(LOCUST_ARGS)
 
@@ -95,6 +99,8 @@ docker-build:
 ## up: TF Serving (DEVICE=gpu|cpu) + gateway on :8000 in Docker, serving ./models; waits until healthy
 up:
 	@ls -d models/*/[0-9]* >/dev/null 2>&1 || { echo "no model versions under models/: run 'make docker-train' (or 'make train') first" >&2; exit 1; }
+	@# TF Serving reads models/models.config, which training writes; versions exported before it had none.
+	@test -f models/models.config || { echo "models/models.config is missing (models exported before the registry): run '.venv/bin/python -m serving.model_config --models-dir models --add $$(ls -d models/*/[0-9]* | head -1 | cut -d/ -f2)', which lists every exported model" >&2; exit 1; }
 	$(COMPOSE) up --detach --build --wait
 
 ## down: stop and remove the containers
