@@ -337,10 +337,21 @@ def main() -> int:
               f"  gateway (HTTP):                      {url}\n\n"
               f"Try:\n  curl -F image=@seven.png {url}/v1/models/mnist:predict\n"
               f"  curl {url}/v1/models\n\nCtrl-C stops them all.\n", flush=True)
-        processes = [*model_servers, gateway]
-        while all(process.poll() is None for process in processes):
+        # One of several model servers dying leaves the others serving (the gateway's calls move to
+        # them): the stack stops with the gateway or the last model server.
+        running, ended = list(model_servers), None
+        while ended is None:
             time.sleep(0.5)
-        ended = next(process for process in processes if process.poll() is not None)
+            if gateway.poll() is not None:
+                ended = gateway
+            for process in [process for process in running if process.poll() is not None]:
+                running.remove(process)
+                if running and process.returncode != 0:
+                    logger.error("the model server on port %s exited with status %s; the gateway uses the "
+                                 "other %d", grpc_ports[model_servers.index(process)], process.returncode,
+                                 len(running))
+                else:
+                    ended = process
         if ended.returncode == 0:  # stopped by a signal sent to the whole process group
             print("\nstopping...", flush=True)
             return 0

@@ -136,7 +136,8 @@ def failed_attempts(target: str) -> int:
     this process's channels to `target`; gRPC reports retries to no one else, so this reads its
     channelz counters: failed calls of the replicas' subchannels less failed calls of the channels.
 
-    A replica connection that ends also counts once (its health-check watch ends, failed)."""
+    A replica connection lost adds one or two: its health-check stream fails, and may fail again once
+    restarted before gRPC sees the connection is gone."""
     from grpc._cython import cygrpc  # channelz, as the grpcio-channelz service reads it
 
     channels, start = [], 0

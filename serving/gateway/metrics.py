@@ -69,7 +69,7 @@ MODEL_SERVER_ERRORS = Counter(
 MODEL_SERVER_FAILOVERS = Counter(
     "pixelgate_model_server_failovers_total",
     "Model-server calls that failed on one replica and were retried on another by gRPC (the gateway's "
-    "call did not fail); each replica connection lost also counts once",
+    "call did not fail); a replica connection lost adds one or two (its health-check stream)",
 )
 
 OUT_OF_DISTRIBUTION_IMAGES = Counter(
