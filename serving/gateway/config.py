@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
-    "MODEL_SERVER": "localhost:8500",  # host:port of the TF Serving gRPC API
+    "MODEL_SERVER": "localhost:8500",  # gRPC target of the TF Serving API: host:port, ipv4:a,b, dns:///name
     "MODEL_BASE_PATH": "./models",  # where models' assets (labels, preprocessing spec) are read
     "MODELS": "",  # comma-separated model names; empty = MODEL_CONFIG_FILE's, else every model folder
     # A TF Serving model config (the model server's --model_config_file): the models it lists,

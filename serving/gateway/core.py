@@ -166,7 +166,9 @@ class Gateway:
         return body
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Whether every served model is AVAILABLE and usable, and each one's state."""
+        """Whether every served model is AVAILABLE and usable, and each one's state. With several model
+        servers each status call goes to one that is up (round_robin skips the dead, retries move a call
+        off one dying): ready while any replica serves each model."""
         timeout = self.config["READINESS_TIMEOUT_SECONDS"]
 
         def state(name: str) -> str:
