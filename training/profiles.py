@@ -2,6 +2,13 @@
 
 `tiny` is for tests, `quick` is what `make serve` trains on a 2-core machine in a few
 minutes, `cpu` reaches each model's target on 2 CPU cores, `full` is for a GPU.
+
+Replicas (`--strategy mirrored|multiworker`, distribute.py): `batch_size` is per replica, so
+the global batch is `batch_size × replicas` and an epoch has that many times fewer steps; the
+schedule, sized in steps, still spans the same epochs. `learning_rate` is the peak for one
+replica: it grows linearly with the replicas for SGD (Goyal et al., 2017: the one-cycle
+warm-up keeps the first steps stable) and with their square root for Adam and AdamW
+(Malladi et al., 2022), whose normalized steps would overshoot at a linear scale.
 """
 
 from dataclasses import dataclass, replace
