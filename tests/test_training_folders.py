@@ -18,7 +18,8 @@ from PIL import Image
 from serving import model_config, stack
 from tests.conftest import DATA_DIR
 from training.__main__ import main
-from training.folders import choose_input, stratified_split
+from training.datasets import DatasetSpec
+from training.folders import FolderData, choose_input, stratified_split
 
 # Fashion-MNIST classes under names with a space, a dot and letters beyond ASCII.
 FOLDER_CLASSES = {9: "Ankle boot", 8: "sac à main", 0: "T.shirt"}
@@ -170,6 +171,18 @@ def test_input_is_chosen_from_the_images(looks, classes, expected):
     assert (choice["size"], choice["channels"], choice["preprocessing"]) == expected
     overridden = choose_input(looks, classes, image_size=24, preprocessing="full_frame")
     assert (overridden["size"], overridden["preprocessing"]) == (24, "full_frame")
+
+
+@pytest.mark.parametrize(("side", "mode", "stages", "flip"), [
+    (32, "full_frame", 3, True), (64, "centered_object", 3, True), (128, "mnist_digit", 4, False),
+    (512, "full_frame", 6, True),
+])
+def test_quick_profile_fits_the_input(side, mode, stages, flip):
+    spec = DatasetSpec("pets", side, side, 3, ("cats", "dogs"), False, preprocessing=mode)
+    settings = FolderData(spec, (None, None), (None, None), {}).profile("quick")
+    assert len(settings.filters) == stages
+    assert side / 2 ** stages <= 8  # the flattened head's map
+    assert settings.augmentation.flip == flip  # a mirrored digit is no digit
 
 
 def test_test_split_is_stratified_and_seeded():

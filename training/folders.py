@@ -9,6 +9,7 @@ out the test images; `train` carves the validation images out of the rest, as fo
 
 import dataclasses
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -54,13 +55,20 @@ class FolderData:
     summary: dict
 
     def profile(self, name):
-        """The training profile `name` for this folder: mirror images and shifts but for digits, which
-        a mirror image would turn into no digit; reflected borders only for photos."""
+        """The training profile `name` for this folder: a plain network gets the stages (each halving
+        the map) that leave its last map at most 8x8, as its flattened head wants; mirror images and
+        shifts but for digits, which a mirror image would turn into no digit; reflected borders only
+        for photos."""
         settings = get_profile(name, "folder")
+        side = max(self.spec.height, self.spec.width)
+        if settings.architecture == "plain":
+            missing = max(0, math.ceil(math.log2(side / 8)) - len(settings.filters))
+            filters = settings.filters + settings.filters[-1:] * missing
+            settings = dataclasses.replace(settings, filters=filters)
         if name == "tiny":
             return settings
         mode = self.spec.preprocessing
-        augmentation = Augmentation(shift=max(2, self.spec.height // 8), reflect=mode == "full_frame",
+        augmentation = Augmentation(shift=max(2, side // 8), reflect=mode == "full_frame",
                                     flip=mode != "mnist_digit")
         return dataclasses.replace(settings, augmentation=augmentation,
                                    flip_test_time=settings.flip_test_time and mode != "mnist_digit")
@@ -232,7 +240,8 @@ def load_images(files, spec):
 
 
 def stratified_split(labels, fraction, seed):
-    """(training indices, test indices): per class, `fraction` of its images (at least one) at random."""
+    """(training indices, test indices): per class, `fraction` of its images (at least one) at random for
+    the test set."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(labels):
@@ -240,4 +249,5 @@ def stratified_split(labels, fraction, seed):
         held_out = max(1, round(len(members) * fraction))
         test.extend(members[:held_out])
         train.extend(members[held_out:])
-    return np.sort(np.asarray(train)), np.sort(np.asarray(test))
+    # Training images in a seeded random order, not class by class: --limit then keeps every class.
+    return rng.permutation(np.asarray(train)), np.sort(np.asarray(test))
