@@ -1,6 +1,7 @@
 """The load test, run as `make loadtest` runs it (Locust in a subprocess) against the test
 stack: a short run passes and writes its reports; the SLO gate fails a run against a
-missing model, on a wrong label and over its p95; the gRPC user reports its calls.
+missing model, on a wrong label and over its p95; the gRPC user reports its calls; a
+distributed run (a master and two workers) passes, its totals the sum of the workers'.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def test_stack(gateway_url, model_server):
     return gateway_url, model_server
 
 
-def test_a_short_run_passes_and_writes_its_reports(test_stack, tmp_path):
+def run_all_users(tmp_path: Path, test_stack, *arguments: str, users: int) -> subprocess.CompletedProcess:
+    """Both users against the test stack, as `make loadtest` runs them."""
     gateway_url, model_server = test_stack
     # Equal weights: even a slow machine then sends every model enough requests in a few seconds.
-    completed = run(
+    return run(
         tmp_path,
+        *arguments,
         "--host",
         gateway_url,
         "--grpc-target",
@@ -83,9 +86,13 @@ def test_a_short_run_passes_and_writes_its_reports(test_stack, tmp_path):
         "--models",
         "mnist:1,fashion_mnist:1,cifar10:1",
         run_time="6s",
-        users=5,
+        users=users,
         command=("tests/load/run.py",),
     )
+
+
+def test_a_short_run_passes_and_writes_its_reports(test_stack, tmp_path):
+    completed = run_all_users(tmp_path, test_stack, users=5)
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = stats(tmp_path)
@@ -181,3 +188,19 @@ def test_the_grpc_user_reports_its_calls_under_the_step_shape(test_stack, tmp_pa
         assert int(rows[f"Predict {model}"]["Request Count"]) > 0
         assert rows[f"Predict {model}"]["Failure Count"] == "0"
     assert "step:   3 users" in completed.stdout
+
+
+def test_a_distributed_run_passes_the_gate_and_the_master_sums_its_workers(test_stack, tmp_path):
+    # `make loadtest WORKERS=2`: a master and two worker processes that Locust forks.
+    completed = run_all_users(tmp_path, test_stack, "--workers", "2", users=4)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(tmp_path / "run_workers.csv", newline="") as file:
+        workers = list(csv.DictReader(file))
+    # Four users over two workers: each sends requests; the master's totals are their sum.
+    assert len(workers) == 2 and all(int(worker["Request Count"]) > 0 for worker in workers), workers
+    total = stats(tmp_path)["Aggregated"]
+    assert int(total["Request Count"]) == sum(int(worker["Request Count"]) for worker in workers)
+    assert total["Failure Count"] == "0" and all(worker["Failure Count"] == "0" for worker in workers)
+    assert f" = {total['Request Count']} requests" in completed.stdout.split("2 workers sent ", 1)[1]
+    assert "SLO (p95 <= 600000 ms, failures <= 0.00%): met" in completed.stdout

@@ -99,7 +99,7 @@ def own_stack(log_path: Path):
             stack.stop(process)
 
 
-def run_locust(host: str, grpc_target: str | None, locust_arguments: list[str]) -> int:
+def run_locust(host: str, grpc_target: str | None, locust_arguments: list[str], workers: int = 0) -> int:
     command = [
         sys.executable,
         "-m",
@@ -109,6 +109,9 @@ def run_locust(host: str, grpc_target: str | None, locust_arguments: list[str]) 
         "--host",
         host,
         *(["--grpc-target", grpc_target] if grpc_target else []),
+        # Locust's distributed mode on this machine: it forks `workers` worker processes and
+        # becomes their master, which gathers their stats, writes the reports and judges the SLOs.
+        *(["--processes", str(workers)] if workers else []),
         *locust_arguments,
     ]
     print("$", " ".join(command), flush=True)
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         "--host", help="gateway URL (default: [tool.locust] host); given, no stack is started"
     )
     parser.add_argument("--grpc-target", help="model server host:port for the gRPC user")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Locust worker processes under a master (default 0: one process does all); -1: one per CPU core",
+    )
     args, locust_arguments = parser.parse_known_args(argv)
 
     host = args.host or locust_defaults()["host"]
@@ -129,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     if status is not None or args.host:
         if status != 200:
             print(f"{host}/readyz answers {status or 'nothing'}; load-testing it anyway", flush=True)
-        return run_locust(host, args.grpc_target, locust_arguments)
+        return run_locust(host, args.grpc_target, locust_arguments, args.workers)
     print(f"nothing answers at {host}; starting a stack", flush=True)
     with own_stack(ROOT / "reports" / "loadtest-stack.log") as (own_host, own_grpc_target):
-        return run_locust(own_host, args.grpc_target or own_grpc_target, locust_arguments)
+        return run_locust(own_host, args.grpc_target or own_grpc_target, locust_arguments, args.workers)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ import math
 from dataclasses import dataclass
 
 from locust import LoadTestShape
+from locust.runners import MasterRunner
 from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
 
 logger = logging.getLogger(__name__)
 SATURATION_GAIN = 0.10  # a step whose throughput grew less than this is past saturation
+# Distributed runs: how long the master waits for its workers' first requests before its clock runs.
+WORKER_STARTUP_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,18 @@ class PixelgateLoadShape(LoadTestShape):
         self.steps: list[Step] = []
         self._step = -1  # index of the current step
         self._step_started: tuple[float, dict[int, int]] = (0.0, {})  # run time and response times then
+        self._workers_started = False
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
         users, spawn_rate = options.num_users or 1, options.spawn_rate or 1
+        if isinstance(self.runner, MasterRunner) and not self._workers_started:
+            # Workers read their test images and pick the known-good ones once they have their users;
+            # the run time counts from the first requests they report, not through that.
+            if not self.runner.stats.total.num_requests and self.get_run_time() < WORKER_STARTUP_SECONDS:
+                return self._users(0) if options.load_shape == "step" else users, spawn_rate
+            self._workers_started = True
+            self.reset_time()
         elapsed = self.get_run_time()
         # Headless Locust waits for the shape to end before it would apply --run-time itself.
         if options.run_time and elapsed >= options.run_time:

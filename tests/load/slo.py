@@ -9,6 +9,8 @@ import logging
 from locust import events
 from locust.runners import WorkerRunner
 
+from tests.load import workers
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,6 +43,7 @@ def summary(environment) -> str:
             f"  step: {step.users:3d} users, {step.requests_per_second:6.1f} requests/s, "
             f"p95 {step.p95_ms:.0f} ms{'  <- saturated' if step.saturated else ''}"
         )
+    lines += workers.summary_lines()
     missed = missed_objectives(total, options.slo_p95_ms, options.slo_max_fail_ratio)
     verdict = "MISSED: " + "; ".join(missed) if missed else "met"
     lines.append(
