@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -141,6 +142,32 @@ def test_listing_detail_and_readiness(gateway):
     assert detail["versions"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
     assert detail["input"]["shape"] == [4, 4, 1]
     assert gateway.readiness() == (True, {"toy": "AVAILABLE"})
+
+
+def test_a_model_added_while_ready_does_not_hold_readiness_back_until_first_available(tmp_path: Path):
+    class Loading(InMemoryModelServer):
+        loading = {"new"}
+
+        def status(self, name: str, timeout: float | None = None) -> list[VersionStatus]:
+            return [VersionStatus(1, "LOADING", "")] if name in self.loading else super().status(name)
+
+    export_toy_model(tmp_path)
+    shutil.copytree(tmp_path / "toy", tmp_path / "new")
+    loading = Loading()
+    catalog = ModelCatalog(loading, tmp_path, ["toy", "new"])  # type: ignore[arg-type]
+    planner = CallPlanner(loading, 32)  # type: ignore[arg-type]
+    gateway = Gateway(load_config(environ={}), catalog, planner, loading)  # type: ignore[arg-type]
+    # Never ready yet: every model must be AVAILABLE first (a fresh gateway waits for all).
+    assert gateway.readiness() == (False, {"toy": "AVAILABLE", "new": "LOADING"})
+    catalog.configured_names = ("toy",)
+    assert gateway.readiness() == (True, {"toy": "AVAILABLE"})
+    catalog.configured_names = ("toy", "new")  # registered while the gateway serves
+    assert gateway.readiness() == (True, {"toy": "AVAILABLE", "new": "LOADING"})
+    Loading.loading = set()
+    assert gateway.readiness() == (True, {"toy": "AVAILABLE", "new": "AVAILABLE"})
+    # Once AVAILABLE here, it counts like the others: its loss makes the gateway unready.
+    Loading.loading = {"toy"}
+    assert gateway.readiness() == (False, {"toy": "LOADING", "new": "AVAILABLE"})
 
 
 @pytest.mark.parametrize(("text", "value"), [("true", True), ("ON", True), (" 1 ", True), ("no", False),

@@ -58,6 +58,9 @@ class Gateway:
     def __init__(self, config: Mapping[str, Any], catalog: ModelCatalog, planner: CallPlanner,
                  client: ModelServerClient):
         self.config, self.catalog, self.planner, self.client = config, catalog, planner, client
+        # Readiness: whether this process has been ready, and the models it has seen AVAILABLE.
+        self._been_ready = False
+        self._seen_available: set[str] = set()
 
     def check_model(self, name: str) -> None:
         """Raise ModelNotFoundError unless the gateway serves `name`."""
@@ -168,7 +171,12 @@ class Gateway:
     def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether every served model is AVAILABLE and usable, and each one's state. With several model
         servers each status call goes to one that is up (round_robin skips the dead, retries move a call
-        off one dying): ready while any replica serves each model."""
+        off one dying): ready while any replica serves each model.
+
+        A model added once the gateway has been ready (registered into the model config while it runs)
+        does not hold readiness back until it is first AVAILABLE: a gateway that took traffic would
+        otherwise leave its load balancer for as long as the new model loads, or for good if it never
+        loads. Its state is shown; its requests answer 503 model_loading meanwhile."""
         timeout = self.config["READINESS_TIMEOUT_SECONDS"]
 
         def state(name: str) -> str:
@@ -184,7 +192,13 @@ class Gateway:
 
         names = self.catalog.model_names()
         models = dict(zip(names, _for_each_model(names, state), strict=True))
-        return bool(names) and all(value == "AVAILABLE" for value in models.values()), models
+        self._seen_available.update(name for name, value in models.items() if value == "AVAILABLE")
+        ready = bool(names) and all(
+            value == "AVAILABLE" or self._been_ready and name not in self._seen_available
+            for name, value in models.items())
+        if ready and not self._been_ready and all(value == "AVAILABLE" for value in models.values()):
+            self._been_ready = True
+        return ready, models
 
 
 def _for_each_model(names: list[str], look_up: Callable[[str], Result]) -> list[Result]:
