@@ -311,6 +311,40 @@ def test_readiness_probe_waits_for_every_model(states, ready, tmp_path):
     assert (result.returncode == 0) == ready, result.stderr.decode()
 
 
+def test_readiness_probe_once_ready_waits_only_for_the_models_it_had(tmp_path):
+    """A model registered while TF Serving serves does not make it unready while it loads (or never
+    loads); once AVAILABLE, it counts like the others."""
+    registry = container_registry(tmp_path)  # mnist, fashion_mnist, cifar10
+    states = {name: "AVAILABLE" for name in MODELS}
+    server = status_server(states)
+    environment = {"PATH": "/usr/bin:/bin", "TF_SERVING_REST_PORT": str(server.server_address[1]),
+                   "TF_SERVING_READY_STATE": str(tmp_path / "ready-models")}
+
+    def ready() -> bool:
+        result = subprocess.run(["bash", str(DOCKER / "tfserving-ready.sh"), str(registry)], env=environment,
+                                capture_output=True, timeout=60)
+        return result.returncode == 0
+
+    try:
+        states["cifar10"] = "LOADING"
+        assert not ready()  # never ready yet: every model counts
+        states["cifar10"] = "AVAILABLE"
+        assert ready()
+        (tmp_path / "flowers" / "1").mkdir(parents=True)
+        (tmp_path / "flowers" / "1" / "saved_model.pb").write_bytes(b"")
+        register_model(tmp_path, "flowers")
+        assert ready()  # flowers is not known to TF Serving yet: 404
+        states["flowers"] = "LOADING"
+        assert ready()
+        states["flowers"] = "AVAILABLE"
+        assert ready()
+        states["flowers"] = "LOADING"  # once it was AVAILABLE, its loss counts
+        assert not ready()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ---- docs/deployment.md --------------------------------------------------------------------------
 
 def test_readme_deployment_configs_parse():

@@ -33,7 +33,7 @@ from tests.deployment_files import (
 )
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.gateway", "Dockerfile.training"])
+@pytest.mark.parametrize("name", ["Dockerfile.gateway", "Dockerfile.training", "Dockerfile.loadtest"])
 def test_dockerfiles_copy_files_that_exist_and_are_in_the_build_context(name):
     patterns = dockerignore_patterns(name)
     copies = [shlex.split(arguments) for arguments in dockerfile_arguments(name, "COPY")]
