@@ -124,6 +124,9 @@ def test_gateway_reaches_tf_serving_and_scales():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     models = next(mount for mount in container["volumeMounts"] if mount["name"] == "models")
     assert models["mountPath"] == environment["MODEL_BASE_PATH"] and models["readOnly"]
+    # The gateway serves the models TF Serving reads from the registry, not every folder in the volume.
+    tfserving = pod_spec(k8s_object("Deployment", "pixelgate-tfserving"))["containers"][0]
+    assert f"--model_config_file={environment['MODEL_CONFIG_FILE']}" in tfserving["args"]
     claim = k8s_object("PersistentVolumeClaim", "pixelgate-models")
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
     for deployment in ("pixelgate-gateway", "pixelgate-tfserving"):
