@@ -223,8 +223,8 @@ def _read_json(path: Path) -> Any:
 
 def _read_labels(path: Path) -> tuple[str, ...]:
     try:
-        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    except OSError:
+        return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError):  # unreadable: the version answers as misconfigured
         return ()
 
 
