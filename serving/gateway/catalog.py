@@ -224,7 +224,7 @@ def _read_json(path: Path) -> Any:
 def _read_labels(path: Path) -> tuple[str, ...]:
     try:
         return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except (OSError, UnicodeDecodeError):  # unreadable: the version answers as misconfigured
+    except (OSError, UnicodeDecodeError):  # unreadable: class indices as labels, as without the file
         return ()
 
 
