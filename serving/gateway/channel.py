@@ -152,6 +152,9 @@ def failed_attempts(target: str) -> int:
     for channel in channels:
         failed -= int(channel["data"].get("callsFailed", 0))
         for reference in channel.get("subchannelRef", []):
-            subchannel = json.loads(cygrpc.channelz_get_subchannel(int(reference["subchannelId"])))
+            try:
+                subchannel = json.loads(cygrpc.channelz_get_subchannel(int(reference["subchannelId"])))
+            except ValueError:  # gone since the listing (its replica left DNS, its channel closed)
+                continue
             failed += int(subchannel["subchannel"]["data"].get("callsFailed", 0))
     return failed

@@ -6,6 +6,7 @@ GatewayError. The client makes the calls it is given; which calls to make is the
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from serving.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from serving.tensors import make_ndarray, make_tensor_proto
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_NAME = "serving_default"
 _UNKNOWN_LABEL = "Unrecognized servable version label"
@@ -164,6 +167,7 @@ class _FailoverCount:
         self._lock = threading.Lock()
         self._counted = failed_attempts(target)
         self._read_at = time.monotonic()
+        self._warned = False
 
     @classmethod
     def of(cls, target: str) -> _FailoverCount:
@@ -181,6 +185,10 @@ class _FailoverCount:
             # Fewer than before: a channel was closed and its counts went with it.
             MODEL_SERVER_FAILOVERS.inc(max(failed - self._counted, 0))
             self._counted = failed
+        except Exception:  # noqa: BLE001 - a metric must never cost the call it follows its answer
+            if not self._warned:  # once: it is read every second
+                logger.warning("cannot read gRPC's channelz for the failover counter", exc_info=True)
+                self._warned = True
         finally:
             self._lock.release()
 
