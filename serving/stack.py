@@ -263,6 +263,13 @@ def warn_about_other_base_paths(config, models_dir: Path) -> None:
                            model.name, loaded, assets)
 
 
+def _replica_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"the number of model servers (REPLICAS) must be 1 or more, not {text!r}")
+    return int(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Run the model server (gRPC) and the gateway (HTTP) together.")
@@ -278,10 +285,9 @@ def main() -> int:
         "BATCHING_PARAMETERS_FILE", "serving/config/batching_parameters.txt"))
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
     # Model servers behind the gateway, on gRPC ports from --grpc-port on (REST on the first only).
-    parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS") or 1))
+    # A string default goes through `type` too: REPLICAS=two is a usage error, not a traceback.
+    parser.add_argument("--replicas", type=_replica_count, default=os.environ.get("REPLICAS") or "1")
     args = parser.parse_args()
-    if args.replicas < 1:
-        parser.error(f"--replicas (REPLICAS) must be 1 or more, not {args.replicas}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(message)s")
 

@@ -1,0 +1,26 @@
+"""`make serve`'s settings that cannot work stop it at once with one line that says what to fix,
+before anything starts (make passes its command-line variables in the environment too)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serving import stack
+
+
+@pytest.mark.parametrize("environment, flags", [
+    ({"REPLICAS": "two"}, []),  # `make serve REPLICAS=two`: make exports it
+    ({}, ["--replicas=two"]),
+    ({}, ["--replicas=0"]),
+])
+def test_a_replica_count_that_is_no_number_of_servers_is_one_clear_line(tmp_path, environment, flags):
+    finished = subprocess.run([sys.executable, "-m", "serving.stack", f"--models-dir={tmp_path}", *flags],
+                              cwd=stack.ROOT, env={**os.environ, **environment}, capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "the number of model servers (REPLICAS) must be 1 or more" in finished.stderr.splitlines()[-1]
