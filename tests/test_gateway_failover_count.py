@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
 import pytest
 from grpc._cython import cygrpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from serving.gateway import model_server_client
+from serving.gateway.channel import create_channel, failed_attempts
 from serving.gateway.model_server_client import ModelServerClient, PredictCall
 from serving.model_server.config import build_single_model_config
 from serving.model_server.options import ServerOptions
@@ -67,3 +70,26 @@ def test_a_subchannel_gone_while_channelz_is_read_costs_the_call_nothing(model_s
 def _subchannel_ids(page: bytes) -> list[int]:
     return [int(reference["subchannelId"]) for channel in json.loads(page).get("channel", [])
             for reference in channel.get("subchannelRef", [])]
+
+
+@pytest.mark.parametrize("scheme", ["", "ipv4:"])
+def test_a_lost_replica_connection_is_counted_whatever_form_the_target_has(scheme):
+    """channelz names a channel to `host:port` (no scheme: gRPC's dns resolver) `dns:///host:port`; the
+    counter reads the channels to MODEL_SERVER, whichever way it is written. The lost connection's
+    health-check stream is the failure both count (channel.py)."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    target = f"{scheme}127.0.0.1:{port}"
+    channel = create_channel(target)
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert failed_attempts(target) == 0
+        server.stop(0).wait()
+        deadline = time.monotonic() + 30
+        while failed_attempts(target) == 0:
+            assert time.monotonic() < deadline, f"the lost connection to {target} was not counted"
+            time.sleep(0.1)
+    finally:
+        channel.close()

@@ -140,11 +140,14 @@ def failed_attempts(target: str) -> int:
     restarted before gRPC sees the connection is gone."""
     from grpc._cython import cygrpc  # channelz, as the grpcio-channelz service reads it
 
+    # channelz names a channel by its target as gRPC parsed it: `host:port` (no scheme) is dns:///host:port.
+    scheme, colon, _ = target.partition(":")
+    named = {target, target if colon and scheme in _SCHEMES else f"dns:///{target}"}
     channels, start = [], 0
     while True:
         page = json.loads(cygrpc.channelz_get_top_channels(start))
         channels += [channel for channel in page.get("channel", [])
-                     if channel["data"].get("target") == target]
+                     if channel["data"].get("target") in named]
         if page.get("end", True) or not page.get("channel"):
             break
         start = int(page["channel"][-1]["ref"]["channelId"]) + 1
