@@ -203,11 +203,15 @@ def local_base_path(base_path: str, models_dir: Path) -> str:
 def served_config(models_dir: str | Path) -> ModelServerConfig | None:
     """What `make serve` serves from `models_dir`: the registry's models with local base paths,
     leaving out any without an exported version yet (TF Serving would wait for it, and the
-    embedded server's poll of the others with it). None when there is no registry."""
+    embedded server's poll of the others with it). None when there is no registry; RegistryError
+    when it is empty, which TF Serving takes as no change ("Taking no action for empty config")."""
     models_dir = Path(models_dir)
     config = read_registry(models_dir)
     if config is None:
         return None
+    if config.WhichOneof("config") is None:  # an editor saving in place truncates it first
+        raise RegistryError(f"{registry_path(models_dir)} is empty (no model_config_list): save it whole, "
+                            "or list models with `python -m serving.model_config --add NAME`")
     models = config.model_config_list.config
     kept = []
     for model in models:

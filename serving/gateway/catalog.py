@@ -94,6 +94,9 @@ class ModelCatalog:
         keeps its old config too, so the gateway keeps serving what the model server serves)."""
         try:
             config = parse_registry(path.read_text(), f"MODEL_CONFIG_FILE {path}")
+            if config.WhichOneof("config") is None:  # TF Serving: "Taking no action for empty config"
+                raise RegistryError(f"MODEL_CONFIG_FILE {path} is empty (no model_config_list), "
+                                    "e.g. caught while an editor saves it in place")
         except (OSError, UnicodeDecodeError, RegistryError) as error:
             problem = str(error)
             if not isinstance(error, RegistryError):
