@@ -283,3 +283,17 @@ def test_a_shared_calls_request_ids_are_cut_at_whole_ids_below_grpcs_metadata_li
     assert 0 < len(joined) <= 1024
     assert joined.split(",") == ids[: len(joined.split(","))]
     assert joined_request_ids(["a", "b"]) == "a,b"
+
+
+def test_parts_answered_by_different_versions_are_never_joined():
+    calls = Calls()
+    coalescer = planner_of(calls, max_images=2)
+    unpinned = PredictCall("model", None, "in", ("out",), np.ones((4, 3), np.float32))
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(coalescer.predict, unpinned, time.monotonic() + 10)
+        calls.wait_for(2)
+        calls.answer(0)  # version 7
+        images, _, future = calls.started[1]
+        future.set_result(Answer(8, {"out": images[:, 0] * 10}))  # another replica, mid-rollout
+        with pytest.raises(ModelServerUnavailableError, match=r"versions \[7, 8\].*retry"):
+            answer.result(10)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.gateway.errors import DeadlineExceededError
+from serving.gateway.errors import DeadlineExceededError, ModelServerUnavailableError
 from serving.gateway.model_server_client import Answer, ModelServerClient, PredictCall
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,10 @@ class CallPlanner:
         pairs = zip(answers, parts, strict=True)
         if not all(_one_row_per_image(answer, len(part.images)) for answer, part in pairs):
             return self.client.send(call, deadline)
+        if len({answer.version for answer in answers}) > 1:  # unpinned parts met replicas mid-rollout
+            raise ModelServerUnavailableError(
+                f"model '{call.model}': the model servers answered the parts of this request with versions "
+                f"{sorted({answer.version for answer in answers})} (a new version is rolling out); retry")
         outputs = {key: np.concatenate([answer.outputs[key] for answer in answers])
                    for key in answers[0].outputs}
         return Answer(answers[0].version, outputs)
@@ -210,7 +214,7 @@ class CallPlanner:
             self._unsplittable.add(call.key)
         if first:
             shapes = {key: list(array.shape) for key, array in answer.outputs.items()}
-            logger.warning("model '%s' version %d: predictions are not coalesced: outputs %s are not one row "
+            logger.warning("model '%s' version %s: predictions are not coalesced: outputs %s are not one row "
                            "per image (%d)", call.model, call.version, shapes, total)
 
 

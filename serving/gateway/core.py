@@ -95,10 +95,17 @@ class Gateway:
         except ModelNotFoundError:
             if options.version is not None:
                 raise
-            # The cached latest version was unloaded meanwhile: ask again once.
+            # The cached latest version was unloaded meanwhile, or (several model servers, a new version
+            # rolling out) the replica the call reached has another one: ask again once. Without a label,
+            # for whichever version is latest on the replica that takes the call (asking the catalog again
+            # could name the other replica's), and read the answer by the version that gave it.
             self.catalog.forget(name)
-            info = self.catalog.resolve(name, None, options.label)
-            answer = self._send(info, batch, request_id)
+            if options.label is None:
+                answer = self._send(info, batch, request_id, pinned=False)
+                info = self.catalog.resolve(name, answer.version)
+            else:
+                info = self.catalog.resolve(name, None, options.label)
+                answer = self._send(info, batch, request_id)
         saliency = self._explain(info, batch, request_id) if options.explain else None
         trace.model_server_seconds = time.perf_counter() - started
         trace.version = answer.version
@@ -119,9 +126,10 @@ class Gateway:
                 prediction["preprocessing"] = {"mode": info.spec.mode, **framing.as_dict()}
         return {"model": name, "version": answer.version, "predictions": predictions}
 
-    def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> Answer:
-        call = PredictCall(info.name, info.version, info.input_key, info.output_keys, batch,
-                           (request_id,) if request_id else ())
+    def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str, pinned: bool = True) -> Answer:
+        """Predict `batch` with `info`'s version (not `pinned`: the model server's latest)."""
+        call = PredictCall(info.name, info.version if pinned else None, info.input_key, info.output_keys,
+                           batch, (request_id,) if request_id else ())
         return self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
 
     def _explain(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> np.ndarray:

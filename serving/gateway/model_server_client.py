@@ -55,7 +55,7 @@ class PredictCall:
     """One Predict call: a batch of images for one model version, and the requests it answers."""
 
     model: str
-    version: int
+    version: int | None  # None: whichever version is latest on the model server that takes the call
     input_key: str
     output_keys: tuple[str, ...]
     images: np.ndarray
@@ -211,7 +211,8 @@ def _predict_request(call: PredictCall) -> tuple[predict_pb2.PredictRequest, Any
     request = predict_pb2.PredictRequest(output_filter=list(call.output_keys))
     request.model_spec.name = call.model
     request.model_spec.signature_name = call.signature_name
-    request.model_spec.version.value = call.version
+    if call.version is not None:
+        request.model_spec.version.value = call.version
     request.inputs[call.input_key].CopyFrom(make_tensor_proto(call.images))
     request_ids = joined_request_ids(call.request_ids)
     return request, ((("x-request-id", request_ids),) if request_ids else None)
