@@ -116,3 +116,16 @@ def test_bad_names_and_files_are_refused(tmp_path, caplog, labels_file, name, pa
     assert status == 2
     assert message in caplog.text
     assert not (tmp_path / "models").exists()
+
+
+def test_a_broken_registry_is_named_after_the_export_with_what_to_run(tmp_path, labels_file, caplog):
+    classifier().save(tmp_path / "model.keras")
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "models.config").write_text("model_config_list { config { name: ")  # cut off
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["import", "--name", "mine", "--model", str(tmp_path / "model.keras"), "--labels",
+                       str(labels_file), "--models-dir", str(models_dir)])
+    assert status == 2
+    assert (models_dir / "mine" / "1" / "saved_model.pb").exists()
+    assert f"python -m serving.model_config --models-dir {models_dir} --add <name>" in caplog.text

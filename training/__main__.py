@@ -205,6 +205,8 @@ def main(argv=None):
     )
     for chatty in ("absl", "tensorflow"):  # their INFO lines narrate SavedModel internals
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    from serving.model_config import RegistryError
+
     from .export import VersionNotFoundError
     from .folders import DataFolderError
     from .importer import ModelImportError
@@ -215,6 +217,11 @@ def main(argv=None):
     except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError, StrategyError,
             DataFolderError, ModelNameError, ModelImportError) as error:
         logger.error("%s", error)
+        return 2
+    except RegistryError as error:  # after the export: the version is in place, its model not listed
+        logger.error("%s. The version is exported but the model is not listed for serving: fix the file, "
+                     "then run `python -m serving.model_config --models-dir %s --add <name>`", error,
+                     getattr(args, "models_dir", "models"))
         return 2
 
 
