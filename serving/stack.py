@@ -276,10 +276,10 @@ def main() -> int:
     # Without one, serving/config/models.config's models, loaded from --models-dir.
     parser.add_argument("--model-config-file", default=os.environ.get("MODEL_CONFIG_FILE"))
     parser.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
-    parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("MODEL_SERVER_PORT", 8500)))
+    parser.add_argument("--grpc-port", type=int, default=os.environ.get("MODEL_SERVER_PORT", "8500"))
     # TF Serving's REST API on the model server (0: off), as `docker run -p 8501:8501 tensorflow/serving`.
-    parser.add_argument("--rest-port", type=int, default=int(os.environ.get("MODEL_SERVER_REST_PORT", 8501)))
-    parser.add_argument("--http-port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8000)))
+    parser.add_argument("--rest-port", type=int, default=os.environ.get("MODEL_SERVER_REST_PORT", "8501"))
+    parser.add_argument("--http-port", type=int, default=os.environ.get("GATEWAY_PORT", "8000"))
     # Server-side dynamic batching with the CPU parameters tuned in docs/benchmarks.md ("" turns it off).
     parser.add_argument("--batching-parameters-file", default=os.environ.get(
         "BATCHING_PARAMETERS_FILE", "serving/config/batching_parameters.txt"))

@@ -24,3 +24,12 @@ def test_a_replica_count_that_is_no_number_of_servers_is_one_clear_line(tmp_path
     assert finished.returncode == 2, finished.stderr
     assert "Traceback" not in finished.stderr
     assert "the number of model servers (REPLICAS) must be 1 or more" in finished.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("variable", ["MODEL_SERVER_PORT", "MODEL_SERVER_REST_PORT", "GATEWAY_PORT"])
+def test_a_port_that_is_no_number_is_one_clear_line(tmp_path, variable):
+    finished = subprocess.run([sys.executable, "-m", "serving.stack", f"--models-dir={tmp_path}"],
+                              cwd=stack.ROOT, env={**os.environ, variable: "eighty"}, capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr, finished.stderr
+    assert "invalid int value: 'eighty'" in finished.stderr.splitlines()[-1]
