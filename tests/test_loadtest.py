@@ -10,6 +10,7 @@ import csv
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -190,9 +191,22 @@ def test_the_grpc_user_reports_its_calls_under_the_step_shape(test_stack, tmp_pa
     assert "step:   3 users" in completed.stdout
 
 
+def answered_predictions(gateway_url: str) -> float:
+    """The gateway's own count of the :predict requests it answered (every worker's, any status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+        families = text_string_to_metric_families(response.read().decode())
+        return sum(sample.value for family in families if family.name == "pixelgate_requests"
+                   for sample in family.samples
+                   if sample.name == "pixelgate_requests_total" and ":predict" in sample.labels["endpoint"])
+
+
 def test_a_distributed_run_passes_the_gate_and_the_master_sums_its_workers(test_stack, tmp_path):
     # `make loadtest WORKERS=2`: a master and two worker processes that Locust forks.
+    before = answered_predictions(test_stack[0])
     completed = run_all_users(tmp_path, test_stack, "--workers", "2", users=4)
+    answered = answered_predictions(test_stack[0]) - before
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     with open(tmp_path / "run_workers.csv", newline="") as file:
@@ -203,4 +217,8 @@ def test_a_distributed_run_passes_the_gate_and_the_master_sums_its_workers(test_
     assert int(total["Request Count"]) == sum(int(worker["Request Count"]) for worker in workers)
     assert total["Failure Count"] == "0" and all(worker["Failure Count"] == "0" for worker in workers)
     assert f" = {total['Request Count']} requests" in completed.stdout.split("2 workers sent ", 1)[1]
+    # And the gateway, which knows nothing of Locust, answered as many HTTP predictions as the master
+    # counted (the gRPC users' calls go to the model server directly).
+    http = [row for name, row in stats(tmp_path).items() if name != "Aggregated" and row["Type"] == "POST"]
+    assert http and answered == sum(int(row["Request Count"]) for row in http), (answered, http)
     assert "SLO (p95 <= 600000 ms, failures <= 0.00%): met" in completed.stdout
