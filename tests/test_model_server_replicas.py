@@ -70,8 +70,10 @@ def replicas(models_dir, tmp_path_factory):
         for server in servers:
             stack.wait_for_models(server.target, ["mnist"], server.process)
         target = stack.model_server_target([server.port for server in servers])
+        # A deadline far beyond the few seconds the test holds calls on the stopped replica: what fails
+        # the test is a call that is not retried, never a slow machine.
         settings = {"MODELS": "mnist", "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": str(LOAD_THREADS),
-                    "COALESCE_PREDICTIONS": "false"}
+                    "COALESCE_PREDICTIONS": "false", "REQUEST_TIMEOUT_SECONDS": "60"}
         gateway = GatewayProcess(target, models_dir, directory / "gateway.log", env=settings)
         gateway.start(wait_path="/readyz")
         yield servers, gateway
