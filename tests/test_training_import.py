@@ -16,6 +16,7 @@ from serving import model_config
 from tests.test_training_folders import FOLDER_CLASSES, write_image_folder
 from training.__main__ import main
 from training.export import SALIENCY_KEY
+from training.importer import read_labels
 
 LABELS = sorted(FOLDER_CLASSES.values())  # the folder's sub-folders, in the model's output order
 
@@ -89,6 +90,8 @@ def test_saved_model_folder_is_imported(tmp_path, labels_file):
     (classifier, LABELS[:2], (), "one row of 2 probabilities per image"),
     (lambda: classifier(size=None), LABELS, (), "give --image-size"),
     (classifier, LABELS, ("--image-size", "32"), "does not match the model's input (24x24)"),
+    (lambda: classifier(size=None), LABELS, ("--image-size", "-3"), "--image-size -3 is out of range"),
+    (lambda: classifier(size=None), LABELS, ("--image-size", "0"), "--image-size 0 is out of range"),
     (classifier, LABELS[:1], (), "a classifier needs at least two"),
 ])
 def test_models_that_break_the_contract_are_refused(tmp_path, caplog, model, labels, arguments, message):
@@ -101,6 +104,12 @@ def test_models_that_break_the_contract_are_refused(tmp_path, caplog, model, lab
     assert status == 2
     assert message in caplog.text
     assert not models_dir.exists()  # nothing half-written
+
+
+def test_a_byte_order_mark_and_blank_lines_are_not_labels(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeff".encode() + "\n\n".join(LABELS).encode() + b"\n\n")
+    assert read_labels(path) == tuple(LABELS)
 
 
 @pytest.mark.parametrize(("name", "path", "message"), [

@@ -16,7 +16,7 @@ from serving.model_config import register_model
 
 from .datasets import DatasetSpec, check_model_name
 from .export import export_model
-from .folders import read_test_folder
+from .folders import IMAGE_SIZE_LIMIT, read_test_folder
 from .metrics import classification_metrics
 from .report import (
     CONFUSION_MATRIX,
@@ -83,7 +83,8 @@ def import_model(name, model_path, labels_path, *, models_dir="models", preproce
 def read_labels(path):
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first label.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ModelImportError(f"cannot read the labels file {path} ({error}); give a UTF-8 text file with "
                                "one class name a line") from None
@@ -156,6 +157,9 @@ def input_size(model, image_size=None):
     _, height, width, channels = shape
     if channels not in (1, 3):
         raise ModelImportError(f"the model takes {channels} channels; the gateway sends 1 (grey) or 3 (RGB)")
+    if image_size is not None and not IMAGE_SIZE_LIMIT[0] <= image_size <= IMAGE_SIZE_LIMIT[1]:
+        raise ModelImportError(f"--image-size {image_size} is out of range; give {IMAGE_SIZE_LIMIT[0]} to "
+                               f"{IMAGE_SIZE_LIMIT[1]} (pixels per side)")
     if height is None or width is None:
         if image_size is None:
             raise ModelImportError("the model's input size is not fixed; give --image-size (pixels per side)")
