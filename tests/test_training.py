@@ -287,6 +287,22 @@ def test_without_resume_a_run_starts_over(tmp_path):
     assert len(history["loss"]) == 2 and int(fresh.optimizer.iterations) == 2 * 2
 
 
+def test_an_interrupted_export_leaves_nothing_in_models(tmp_path):
+    model = build_model("mnist", profile="tiny", steps_per_epoch=1)
+
+    def interrupted(staging, record):
+        assert staging.is_dir()  # the version was being written
+        raise KeyboardInterrupt("interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, "mnist", tmp_path / "models", metadata={}, add_report=interrupted)
+    assert not (tmp_path / "models").exists()  # not even the empty folders of a new model
+    (tmp_path / "kept" / "mnist").mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, "mnist", tmp_path / "kept", metadata={}, add_report=interrupted)
+    assert list((tmp_path / "kept").rglob("*")) == [tmp_path / "kept" / "mnist"]  # what was there stays
+
+
 def test_cli_if_missing_skips_exported_models(tmp_path, data_dir, capsys):
     require_data(data_dir, "mnist")
     arguments = ["train", "--model", "mnist", "--profile", "tiny", "--limit", "300", "--epochs", "1",

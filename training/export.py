@@ -57,6 +57,8 @@ def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=
     """
     spec = get_spec(dataset or name)
     model_dir = Path(models_dir) / name
+    # Folders this export creates go again if it fails (Ctrl-C too): a new model leaves no empty folder.
+    created = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)
     # A polling model server must never see half a version: build it under a name it
     # ignores (not an integer), then rename it into place in one step.
@@ -74,6 +76,14 @@ def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=
             record = add_report(staging, record)
         (extra / "evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
         return _move_into_place(staging, model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in created:  # deepest first; one another export has filled stays
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
