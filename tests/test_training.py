@@ -303,6 +303,26 @@ def test_an_interrupted_export_leaves_nothing_in_models(tmp_path):
     assert list((tmp_path / "kept").rglob("*")) == [tmp_path / "kept" / "mnist"]  # what was there stays
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (("--epochs", "-1"), "argument --epochs: '-1' is not a whole number of at least 1"),
+    (("--epochs", "0"), "argument --epochs: '0' is not a whole number of at least 1"),
+    (("--limit", "-5"), "argument --limit: '-5' is not a whole number of at least 1"),
+])
+def test_cli_refuses_epochs_and_limits_below_one(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mnist", "--profile", "tiny", "--models-dir", str(tmp_path), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_image_size_zero_is_refused_for_a_built_in_model(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["train", "--model", "mnist", "--image-size", "0", "--models-dir", str(tmp_path)])
+    assert status == 2
+    assert "--image-size and --preprocessing apply to --data folders only" in caplog.text
+
+
 def test_cli_if_missing_skips_exported_models(tmp_path, data_dir, capsys):
     require_data(data_dir, "mnist")
     arguments = ["train", "--model", "mnist", "--profile", "tiny", "--limit", "300", "--epochs", "1",

@@ -65,7 +65,7 @@ def _folder_data(args):
         if args.model not in (*DATASETS, "all"):
             raise ModelNameError(f"{args.model!r} is not a built-in model ({', '.join(DATASETS)}, all); give "
                                  "--data <folder> to train it on your own images")
-        if args.image_size or args.preprocessing:
+        if args.image_size is not None or args.preprocessing:
             raise ModelNameError("--image-size and --preprocessing apply to --data folders only")
         return None
     from .folders import read_folder
@@ -131,6 +131,18 @@ def samples_command(args):
     return 0
 
 
+def positive_int(text):
+    """argparse type: an integer of at least 1 (0 or -1 epochs exported an untrained model, a negative
+    --limit dropped the last images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,8 +157,8 @@ def build_parser():
                        help="with --data: how the gateway reframes uploads (default: from the images)")
     train.add_argument("--profile", default="quick", choices=list(PROFILES))
     train.add_argument("--architecture", default="cnn", choices=["cnn", "mlp"])
-    train.add_argument("--epochs", type=int, help="override the profile's epochs")
-    train.add_argument("--limit", type=int, help="train on the first LIMIT training images only")
+    train.add_argument("--epochs", type=positive_int, help="override the profile's epochs")
+    train.add_argument("--limit", type=positive_int, help="train on the first LIMIT training images only")
     train.add_argument("--if-missing", action="store_true", help="skip models that have a version already")
     train.add_argument("--logs-dir", default=os.environ.get("LOGS_DIR", "logs"),
                        help="checkpoints, the per-epoch history (JSON lines) and TensorBoard logs of "
