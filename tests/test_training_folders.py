@@ -154,6 +154,16 @@ def test_a_name_that_is_no_built_in_model_needs_a_folder(tmp_path, caplog):
     assert "give --data <folder>" in caplog.text
 
 
+def test_a_hidden_class_folder_is_named_not_silently_dropped(tmp_path, caplog):
+    folder = tmp_path / "data"
+    _images(folder / "cats", 5)
+    _images(folder / ".dogs", 5)
+    with caplog.at_level(logging.WARNING, logger="training"):
+        status = main(["train", "--model", "pets", "--data", str(folder), "--models-dir", str(tmp_path / "m")])
+    assert status == 2 and "one class only ('cats')" in caplog.text
+    assert "ignored hidden folder(s) '.dogs'" in caplog.text
+
+
 def _looks(count, side=23, grey=True, plain=True):
     return [{"shorter_side": side, "grey": grey, "plain_backdrop": plain}] * count
 

@@ -132,8 +132,12 @@ def read_test_folder(folder, spec):
 def _class_folders(folder, min_classes=2):
     if not folder.is_dir():
         raise DataFolderError(f"data folder {folder} does not exist or is not a folder")
-    class_folders = sorted(path for path in folder.iterdir()
-                           if path.is_dir() and not path.name.startswith("."))
+    folders = sorted(path for path in folder.iterdir() if path.is_dir())
+    class_folders = [path for path in folders if not path.name.startswith(".")]
+    hidden = [path.name for path in folders if path.name.startswith(".")]
+    if hidden:  # a class the model would silently lack, or a .git: say which
+        logger.warning("%s: ignored hidden folder(s) %s; a class folder's name must not start with '.'",
+                       folder, ", ".join(map(repr, hidden)))
     if not class_folders:
         raise DataFolderError(f"{folder} has no sub-folders: put each class's images in a sub-folder named "
                               f"after the class (e.g. {folder / 'cats' / '1.jpg'})")
