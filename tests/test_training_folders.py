@@ -159,7 +159,7 @@ def test_a_hidden_class_folder_is_named_not_silently_dropped(tmp_path, caplog):
     _images(folder / "cats", 5)
     _images(folder / ".dogs", 5)
     with caplog.at_level(logging.WARNING, logger="training"):
-        status = main(["train", "--model", "pets", "--data", str(folder), "--models-dir", str(tmp_path / "m")])
+        status = main(["train", "--model", "pets", "--data", str(folder), "--models-dir", str(tmp_path)])
     assert status == 2 and "one class only ('cats')" in caplog.text
     assert "ignored hidden folder(s) '.dogs'" in caplog.text
 
