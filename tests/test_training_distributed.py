@@ -68,9 +68,10 @@ def test_only_the_chief_exports_and_the_other_worker_leaves_nothing(two_workers)
     assert (chief["folder"] / "logs" / "mnist-cnn-tiny" / "history.jsonl").is_file()
     assert "the chief exports the version" in other["output"]
     assert "test accuracy" not in other["output"]
-    # Neither models/ nor the logs dir, nor the checkpoints it kept in a temporary directory.
-    assert not (other["folder"] / "models").exists() or not any((other["folder"] / "models").iterdir())
-    assert not (other["folder"] / "logs").exists() or not any((other["folder"] / "logs").iterdir())
+    # Neither models/ (not even an empty folder) nor the logs dir, nor the checkpoints it kept in a
+    # temporary directory.
+    assert not (other["folder"] / "models").exists()
+    assert not (other["folder"] / "logs").exists()
     assert not any((other["folder"] / "tmp").iterdir())
 
 
