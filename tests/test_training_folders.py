@@ -116,6 +116,9 @@ def test_folder_model_answers_through_the_real_stack(folder_models, image_folder
     (lambda folder: _images(folder / "cats", 5), "one class only ('cats')"),
     (lambda folder: (_images(folder / "cats", 5), _images(folder / "dogs", 2)),
      "class 'dogs' has 2 images; each class needs at least 4"),
+    (lambda folder: (_images(folder / "cats", 4), _images(folder / "dogs", 4)),
+     "6 training images leave no validation image (profile 'quick' holds out 10%); add images to the "
+     "folder's classes (10 or more left after the test split)"),
     (lambda folder: [(folder / name).mkdir() or (folder / name / "a.jpg").write_bytes(b"\xff\xd8 no jpeg")
                      for name in ("cats", "dogs")], "none of them an image we can read"),
 ])

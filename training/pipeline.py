@@ -77,10 +77,13 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             settings = scale_for_replicas(settings, distribution.replicas)
             held_out = int(len(x_train) * settings.validation_fraction)  # as train() splits
             if settings.validation_fraction and held_out == 0:
+                needed = math.ceil(1 / settings.validation_fraction)
+                # A folder read whole cannot grow by --limit: it needs more images.
+                remedy = (f"give --limit {needed} or more" if data is None or limit is not None else
+                          f"add images to the folder's classes ({needed} or more left after the test split)")
                 raise TrainingSetTooSmallError(
                     f"{len(x_train)} training images leave no validation image (profile {profile!r} holds "
-                    f"out {settings.validation_fraction:.0%}); give --limit "
-                    f"{math.ceil(1 / settings.validation_fraction)} or more")
+                    f"out {settings.validation_fraction:.0%}); {remedy}")
             fit_size = len(x_train) - held_out
             steps_per_epoch = math.ceil(fit_size / settings.batch_size)
             with distribution.strategy.scope():  # variables and optimizer state on every replica
