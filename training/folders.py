@@ -132,7 +132,11 @@ def read_test_folder(folder, spec):
 def _class_folders(folder, min_classes=2):
     if not folder.is_dir():
         raise DataFolderError(f"data folder {folder} does not exist or is not a folder")
-    folders = sorted(path for path in folder.iterdir() if path.is_dir())
+    try:
+        folders = sorted(path for path in folder.iterdir() if path.is_dir())
+    except OSError as error:  # e.g. no permission to list it
+        raise DataFolderError(f"cannot read data folder {folder} ({error.strerror or error}); make it "
+                              "readable") from None
     class_folders = [path for path in folders if not path.name.startswith(".")]
     hidden = [path.name for path in folders if path.name.startswith(".")]
     if hidden:  # a class the model would silently lack, or a .git: say which
