@@ -218,7 +218,9 @@ def test_a_distributed_run_passes_the_gate_and_the_master_sums_its_workers(test_
     assert total["Failure Count"] == "0" and all(worker["Failure Count"] == "0" for worker in workers)
     assert f" = {total['Request Count']} requests" in completed.stdout.split("2 workers sent ", 1)[1]
     # And the gateway, which knows nothing of Locust, answered as many HTTP predictions as the master
-    # counted (the gRPC users' calls go to the model server directly).
+    # counted (the gRPC users' calls go to the model server directly), plus at most one per user: a
+    # request in flight when the run stops is answered but never reported.
     http = [row for name, row in stats(tmp_path).items() if name != "Aggregated" and row["Type"] == "POST"]
-    assert http and answered == sum(int(row["Request Count"]) for row in http), (answered, http)
+    counted = sum(int(row["Request Count"]) for row in http)
+    assert http and counted <= answered <= counted + 4, (answered, counted)
     assert "SLO (p95 <= 600000 ms, failures <= 0.00%): met" in completed.stdout

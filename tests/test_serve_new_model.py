@@ -126,12 +126,15 @@ def test_a_model_exported_while_serving_is_served_and_goes_when_taken_out(models
     print(f"letters answered {seconds:.1f}s after its registration")
     # Until then: unknown to the gateway (404) or not loaded yet (503 model_loading), never a 500.
     assert set(answers[:-1]) <= {(404, "model_not_found"), (503, "model_loading")}, answers
-    assert listed(url) == {"digits": "AVAILABLE", "letters": "AVAILABLE"}
+    # Each gateway worker re-reads the config on its own (METADATA_TTL_SECONDS): the listing may come from
+    # one that has not yet, for a moment.
+    wait_until(lambda: listed(url) == {"digits": "AVAILABLE", "letters": "AVAILABLE"}, "letters listed",
+               answers)
     assert predict(url, "digits").json()["predictions"][0]["label"] in "0123456789"
 
     unregister_model(directory, "letters")
     wait_until(lambda: predict(url, "letters").status_code == 404, "letters gone", answers)
-    assert listed(url) == {"digits": "AVAILABLE"}
+    wait_until(lambda: listed(url) == {"digits": "AVAILABLE"}, "letters no longer listed", answers)
     assert predict(url, "digits").status_code == 200
     assert (directory / "letters" / "1" / "saved_model.pb").is_file()  # taken out of service, not deleted
 
