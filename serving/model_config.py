@@ -74,6 +74,15 @@ def parse_registry(text: str, source: str) -> ModelServerConfig:
     return config
 
 
+def require_model_list(config: ModelServerConfig, source: str) -> ModelServerConfig:
+    """`config`, unless it is empty: TF Serving takes an empty config as no change ("Taking no action
+    for empty config"), and so do the servers that follow a registry (RegistryError: keep the last)."""
+    if config.WhichOneof("config") is None:  # an editor saving in place truncates the file first
+        raise RegistryError(f"{source} is empty (no model_config_list): save it whole, or list models with "
+                            "`python -m serving.model_config --add NAME`")
+    return config
+
+
 def read_registry(models_dir: str | Path) -> ModelServerConfig | None:
     """The registry of `models_dir`; None when there is none yet."""
     path = registry_path(models_dir)
@@ -209,9 +218,7 @@ def served_config(models_dir: str | Path) -> ModelServerConfig | None:
     config = read_registry(models_dir)
     if config is None:
         return None
-    if config.WhichOneof("config") is None:  # an editor saving in place truncates it first
-        raise RegistryError(f"{registry_path(models_dir)} is empty (no model_config_list): save it whole, "
-                            "or list models with `python -m serving.model_config --add NAME`")
+    require_model_list(config, str(registry_path(models_dir)))
     models = config.model_config_list.config
     kept = []
     for model in models:

@@ -20,7 +20,7 @@ from serving.gateway.explanations import ExplanationSignature
 from serving.gateway.model_server_client import SIGNATURE_NAME, ModelServerClient
 from serving.gateway.out_of_distribution import OutOfDistribution
 from serving.gateway.preprocess import PreprocessingSpec
-from serving.model_config import MODEL_NAME_PATTERN, RegistryError, parse_registry
+from serving.model_config import MODEL_NAME_PATTERN, RegistryError, parse_registry, require_model_list
 from serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
 logger = logging.getLogger(__name__)
@@ -93,10 +93,8 @@ class ModelCatalog:
         """The models the config file lists; while it cannot be read, the last list read (TF Serving
         keeps its old config too, so the gateway keeps serving what the model server serves)."""
         try:
-            config = parse_registry(path.read_text(), f"MODEL_CONFIG_FILE {path}")
-            if config.WhichOneof("config") is None:  # TF Serving: "Taking no action for empty config"
-                raise RegistryError(f"MODEL_CONFIG_FILE {path} is empty (no model_config_list), "
-                                    "e.g. caught while an editor saves it in place")
+            source = f"MODEL_CONFIG_FILE {path}"
+            config = require_model_list(parse_registry(path.read_text(), source), source)
         except (OSError, UnicodeDecodeError, RegistryError) as error:
             problem = str(error)
             if not isinstance(error, RegistryError):
