@@ -204,8 +204,7 @@ class Gateway:
         ready = bool(names) and all(
             value == "AVAILABLE" or self._been_ready and name not in self._seen_available
             for name, value in models.items())
-        if ready and not self._been_ready and all(value == "AVAILABLE" for value in models.values()):
-            self._been_ready = True
+        self._been_ready = self._been_ready or ready  # first ready: every model was AVAILABLE
         return ready, models
 
 
