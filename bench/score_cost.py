@@ -77,18 +77,19 @@ def measure(version_dir: Path, images: np.ndarray, batch_sizes: tuple[int, ...],
     """One row per batch size: CPU µs per call without and with the score (each the least of
     `rounds`, plain and scored taking turns), or [] where the version has no score output."""
     signature = FrozenSignature(version_dir)
-    if SCORE_KEY not in signature.output_keys:
+    try:
+        if SCORE_KEY not in signature.output_keys:
+            return []
+        plain, scored = signature.runner([OUTPUT_KEY]), signature.runner([OUTPUT_KEY, SCORE_KEY])
+        rows = []
+        for batch_size in batch_sizes:
+            batch = np.resize(images, (batch_size, *images.shape[1:]))
+            timings: dict[str, list[float]] = {"plain": [], "scored": []}
+            for _ in range(rounds):
+                timings["plain"].append(cpu_microseconds(plain, batch, seconds / rounds / 2))
+                timings["scored"].append(cpu_microseconds(scored, batch, seconds / rounds / 2))
+            rows.append({"batch_size": batch_size, "plain_us": min(timings["plain"]),
+                         "scored_us": min(timings["scored"])})
+        return rows
+    finally:
         signature.close()
-        return []
-    plain, scored = signature.runner([OUTPUT_KEY]), signature.runner([OUTPUT_KEY, SCORE_KEY])
-    rows = []
-    for batch_size in batch_sizes:
-        batch = np.resize(images, (batch_size, *images.shape[1:]))
-        timings: dict[str, list[float]] = {"plain": [], "scored": []}
-        for _ in range(rounds):
-            timings["plain"].append(cpu_microseconds(plain, batch, seconds / rounds / 2))
-            timings["scored"].append(cpu_microseconds(scored, batch, seconds / rounds / 2))
-        rows.append({"batch_size": batch_size, "plain_us": min(timings["plain"]),
-                     "scored_us": min(timings["scored"])})
-    signature.close()
-    return rows
