@@ -74,6 +74,13 @@ class FolderData:
                                    flip_test_time=settings.flip_test_time and mode != "mnist_digit")
 
 
+def check_image_size(image_size, error):
+    """Raise `error` (the caller's exception class) unless --image-size is unset or in IMAGE_SIZE_LIMIT."""
+    if image_size is not None and not IMAGE_SIZE_LIMIT[0] <= image_size <= IMAGE_SIZE_LIMIT[1]:
+        raise error(f"--image-size {image_size} is out of range; give {IMAGE_SIZE_LIMIT[0]} to "
+                    f"{IMAGE_SIZE_LIMIT[1]} (pixels per side)")
+
+
 def read_folder(folder, name, *, image_size=None, preprocessing=None, seed=1337):
     """Read `folder` for model `name`: answers FolderData; DataFolderError says what to fix."""
     folder = Path(folder)
@@ -82,9 +89,7 @@ def read_folder(folder, name, *, image_size=None, preprocessing=None, seed=1337)
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
         raise DataFolderError(f"preprocessing {preprocessing!r} is unknown; give one of "
                               f"{', '.join(PREPROCESSING_MODES)}")
-    if image_size is not None and not IMAGE_SIZE_LIMIT[0] <= image_size <= IMAGE_SIZE_LIMIT[1]:
-        raise DataFolderError(f"--image-size {image_size} is out of range; give {IMAGE_SIZE_LIMIT[0]} to "
-                              f"{IMAGE_SIZE_LIMIT[1]} (pixels per side)")
+    check_image_size(image_size, DataFolderError)
     files, labels, looks, skipped = _survey(class_folders)
     _check_counts(folder, classes, labels, skipped)
     choice = choose_input(looks, classes, image_size=image_size, preprocessing=preprocessing)

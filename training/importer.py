@@ -16,7 +16,7 @@ from serving.model_config import register_model
 
 from .datasets import DatasetSpec, check_model_name
 from .export import export_model
-from .folders import IMAGE_SIZE_LIMIT, read_test_folder
+from .folders import check_image_size, read_test_folder
 from .metrics import classification_metrics
 from .report import (
     CONFUSION_MATRIX,
@@ -157,9 +157,7 @@ def input_size(model, image_size=None):
     _, height, width, channels = shape
     if channels not in (1, 3):
         raise ModelImportError(f"the model takes {channels} channels; the gateway sends 1 (grey) or 3 (RGB)")
-    if image_size is not None and not IMAGE_SIZE_LIMIT[0] <= image_size <= IMAGE_SIZE_LIMIT[1]:
-        raise ModelImportError(f"--image-size {image_size} is out of range; give {IMAGE_SIZE_LIMIT[0]} to "
-                               f"{IMAGE_SIZE_LIMIT[1]} (pixels per side)")
+    check_image_size(image_size, ModelImportError)
     if height is None or width is None:
         if image_size is None:
             raise ModelImportError("the model's input size is not fixed; give --image-size (pixels per side)")
