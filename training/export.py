@@ -70,7 +70,7 @@ def export_model(model, name, models_dir, *, metadata, dataset=None, add_report=
                                 signatures={SIGNATURE: module.serve, EXPLAIN_SIGNATURE: module.explain})
         extra = staging / "assets.extra"
         extra.mkdir()
-        record = {**metadata, "model": name, "parameters": int(model.count_params())}
+        record = {"parameters": int(model.count_params()), **metadata, "model": name}
         _write_warmup_requests(extra / "tf_serving_warmup_requests", name, spec)
         if add_report is not None:
             record = add_report(staging, record)
