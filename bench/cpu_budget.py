@@ -3,9 +3,12 @@ the tutorial app under the same wrk load, per process and per thread name from /
 optionally per Python step (py-spy samples) or per system call (strace -c).
 
     python -m bench.cpu_budget --model mnist --models-dir <models> --seconds 8
-    python -m bench.cpu_budget ... --gateway-env LOG_LEVEL=WARNING PROMETHEUS_MULTIPROC_DIR=
-    python -m bench.cpu_budget ... --profile bench-results/profile   # py-spy raw stacks + steps
-    python -m bench.cpu_budget ... --strace                           # syscalls per request
+    python -m bench.cpu_budget ... --gateway-env --gateway-env LOG_LEVEL=WARNING  # in turns
+    python -m bench.cpu_budget ... --mode profile      # + py-spy's raw stacks, shares per step
+    python -m bench.cpu_budget ... --mode strace       # + syscalls per request
+    gcc -O2 -shared -fPIC -o /tmp/malloc_count.so bench/malloc_count.c   # + allocations per request:
+    MALLOC_COUNT_DIR=$(mktemp -d) LD_PRELOAD=/tmp/malloc_count.so PYTHONMALLOC=malloc \
+        python -m bench.cpu_budget ...
 
 py-spy and strace slow the processes they watch: their runs' CPU figures are not the plain ones.
 """
@@ -37,6 +40,9 @@ from serving import stack
 logger = logging.getLogger("bench")
 _TICKS = os.sysconf("SC_CLK_TCK")
 PY_SPY = Path(sys.executable).parent / "py-spy"  # requirements/dev.txt
+# Set for the whole run with LD_PRELOAD and PYTHONMALLOC=malloc (the servers inherit them): each
+# process's allocations are counted there (bench/malloc_count.c).
+MALLOC_COUNT_DIR = os.environ.get("MALLOC_COUNT_DIR", "")
 # A Python frame, as py-spy's raw format writes it: "function (path/file.py:line)".
 # Steps, first match wins over the whole stack (root to leaf): the hooks around a request
 # (metrics, log line) are claimed before the Flask and gunicorn frames that call them.
@@ -75,6 +81,14 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         totals[name] += (int(fields[11]) + int(fields[12])) / _TICKS
     return totals
+
+
+def malloc_calls(pid: int) -> int:
+    """The allocations bench/malloc_count.c has counted in `pid` so far (to within 4096)."""
+    try:
+        return int((Path(MALLOC_COUNT_DIR) / str(pid)).read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def classify(stack_text: str) -> str:
@@ -136,6 +150,7 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
     http_load.run_wrk(wrk, url, bodies, MULTIPART_CONTENT_TYPE, args.concurrency, 1.0, **options)  # warm-up
     before = {role: thread_cpu(pid) for role, pid in pids.items()}
     process_before = {role: cpu_seconds([pid]) for role, pid in pids.items()}
+    mallocs_before = {role: malloc_calls(pid) for role, pid in pids.items()}
     run_dir = out / label
     run_dir.mkdir(parents=True, exist_ok=True)
     with watched(pids, args.mode, run_dir, args.seconds, args.rate):
@@ -153,6 +168,9 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
         total = round((cpu_seconds([pid]) - process_before[role]) * 1e6 / sent)
         threads["(ended threads)"] = total - sum(threads.values())
         row["processes"][role] = {"us": total, "threads_us": threads}
+        if MALLOC_COUNT_DIR:
+            mallocs = malloc_calls(pid) - mallocs_before[role]
+            row["processes"][role]["mallocs_per_request"] = round(mallocs / sent)
         if args.mode == "profile" and (run_dir / f"{role}.txt").exists():
             samples = read_py_spy(run_dir / f"{role}.txt")
             total = sum(count for step, count in samples.items() if not step.startswith("waiting")) or 1
@@ -176,12 +194,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mode", choices=["plain", "profile", "strace"], default="plain")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, default=Path("bench-results/cpu-budget"))
-    parser.add_argument("--gateway-env", nargs="*", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument("--gateway-env", nargs="*", action="append", metavar="KEY=VALUE",
+                        help="a gateway with these settings; several --gateway-env run several gateways "
+                        "in turns (an empty one: the defaults)")
     parser.add_argument("--server-flags", nargs="*", default=[])
     parser.add_argument("--batching-parameters", type=Path,
                         default=servers.ROOT / "serving" / "config" / "batching_parameters.txt")
-    parser.add_argument("--tutorial-workers", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--tutorial-threads", type=int, default=4)
+    parser.add_argument("--tutorial-layout", nargs="*", default=[f"{len(os.sched_getaffinity(0))}x4"],
+                        metavar="WORKERSxTHREADS", help="one tutorial app per layout, in turns")
     parser.add_argument("--skip", nargs="*", choices=["gateway", "tutorial"], default=[])
     return parser.parse_args()
 
@@ -196,33 +216,33 @@ def main() -> None:
     models_dir = args.models_dir.resolve()
     workload = load_workload(args.model, args.data_dir, models_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    environment = {"MODELS": args.model, **dict(item.split("=", 1) for item in args.gateway_env)}
     flags = [*stack.batching_flags(args.batching_parameters), *args.server_flags]
     with tempfile.TemporaryDirectory(prefix="pixelgate-budget-") as scratch, contextlib.ExitStack() as up:
         config = servers.write_model_config([args.model], models_dir, Path(scratch) / "models.config")
         server = up.enter_context(servers.model_server(config, args.out / "server.log", *flags))
         targets = []
-        if "gateway" not in args.skip:
+        for index, items in enumerate([] if "gateway" in args.skip else args.gateway_env or [[]]):
+            environment = {"MODELS": args.model, **dict(item.split("=", 1) for item in items)}
             base, gateway = up.enter_context(
-                servers.gateway(server.target, models_dir, environment, args.out / "gateway.log"))
+                servers.gateway(server.target, models_dir, environment, args.out / f"gateway-{index}.log"))
             url = f"{base}/v1/models/{args.model}:predict"
             servers.post_until_ok(url, workload, gateway)
             workers = process_tree(gateway.pid)[1:]
             pids = {"model server": server.pid,
                     **{f"gateway worker {i}": pid for i, pid in enumerate(workers)}}
-            targets.append(("gateway", url, pids))
-        if "tutorial" not in args.skip:
-            layout = servers.TutorialLayout(args.tutorial_workers, args.tutorial_threads)
+            targets.append((" ".join(["gateway", *items]), url, pids))
+        for layout_text in [] if "tutorial" in args.skip else args.tutorial_layout:
+            workers_text, _, threads_text = layout_text.partition("x")
+            layout = servers.TutorialLayout(int(workers_text), int(threads_text))
             tutorial_url, tutorial_pids = up.enter_context(
                 servers.tutorial_app(workload, models_dir, args.out, layout))
             pids = {"tutorial master": tutorial_pids[0],
                     **{f"tutorial worker {i}": pid for i, pid in enumerate(tutorial_pids[1:])}}
-            targets.append(("tutorial", tutorial_url, pids))
+            targets.append((f"tutorial {layout_text}", tutorial_url, pids))
         for _ in range(args.rounds):
             for label, url, pids in targets:
                 row = measure(label, url, pids, workload, args, wrk, args.out)
-                row["gateway_env"], row["server_flags"] = environment, args.server_flags
-                row["tutorial_layout"] = f"{args.tutorial_workers}x{args.tutorial_threads}"
+                row["server_flags"] = [*args.server_flags, args.batching_parameters.name]
                 print(json.dumps(row), flush=True)
 
 
