@@ -26,18 +26,22 @@ def trained(tmp_path_factory):
     """(version directory, the Keras serving model, the calibrated score) of a tiny MNIST model."""
     if not (DATA_DIR / "mnist.npz").exists():
         pytest.skip(f"mnist.npz missing from {DATA_DIR}")
-    models_dir = tmp_path_factory.mktemp("models")
+    return train_tiny("mnist", tmp_path_factory.mktemp("models"), limit=4000, epochs=2, ood_images=60,
+                      ood_test_images=300)
+
+
+def train_tiny(name, models_dir, **options):
+    """(version directory, the Keras serving model, the calibrated score) of a tiny model of `name`."""
     exported = {}
 
-    def keep_arguments(model, name, models_dir, **options):
-        exported.update(model=model, score=options.get("ood_score"))
-        return export_model(model, name, models_dir, **options)
+    def keep_arguments(model, name, models_dir, **export_options):
+        exported.update(model=model, score=export_options.get("ood_score"))
+        return export_model(model, name, models_dir, **export_options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "export_model", keep_arguments)
-        version_dir = pipeline.train_and_export(
-            "mnist", profile="tiny", models_dir=models_dir, data_dir=DATA_DIR, limit=4000, epochs=2,
-            verbose=0, latency_runs=2, ood_images=60, ood_test_images=300)
+        version_dir = pipeline.train_and_export(name, profile="tiny", models_dir=models_dir,
+                                                data_dir=DATA_DIR, verbose=0, latency_runs=2, **options)
     return version_dir, exported["model"], exported["score"]
 
 
@@ -199,11 +203,40 @@ def test_a_photo_score_flags_solid_colours_and_measures_texture():
     """Without a network: fit on random photos and features, calibrate, then score solid colours."""
     rng = np.random.default_rng(0)
     images = rng.random((200, 8, 8, 3)).astype(np.float32)
-    features, logits = rng.random((200, 16)).astype(np.float32), rng.normal(size=(200, 10)).astype(np.float32)
+    features = {"penultimate": rng.random((200, 16)).astype(np.float32),
+                "stage_1": rng.random((200, 8)).astype(np.float32)}
+    logits = rng.normal(size=(200, 10)).astype(np.float32)
     score = ood.fit_ood_score(features, rng.integers(0, 10, 200), images, 10, light_on_dark=False)
-    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness"]
+    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1"]
     score = ood.calibrate(score, images, features, logits)
     assert score.calibration == {"split": "validation", "images": 200, "in_distribution_flag_rate": 0.05}
     solid = np.broadcast_to(np.array([0.1, 0.5, 0.9], np.float32), (2, 8, 8, 3)).copy()
-    scores = ood.ood_scores(score, tf.constant(solid), features[:2], logits[:2]).numpy()
+    first = {key: value[:2] for key, value in features.items()}
+    scores = ood.ood_scores(score, tf.constant(solid), first, logits[:2]).numpy()
     assert np.all(scores > score.threshold + ood.EMPTY_SCORE / 2)
+
+
+def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_factory):
+    """A tiny cifar10 model: the score gets a component per earlier stage (Lee et al.'s feature ensemble),
+    and the exported serving_default answers what the same ops answer in Python."""
+    if not (DATA_DIR / "cifar10.npz").exists():
+        pytest.skip(f"cifar10.npz missing from {DATA_DIR}")
+    version_dir, model, score = train_tiny("cifar10", tmp_path_factory.mktemp("models"), limit=600, epochs=1,
+                                           ood_images=20, ood_test_images=100)
+    # tiny: two stages, each ending in pooling; the last one's output is the penultimate features
+    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1"]
+    assert json.loads((version_dir / "assets" / "ood.json").read_text())["method"] == (
+        "norm-of-standardized(energy, mahalanobis, smoothness, stage_1)")
+    _, (x_test, _) = load_data("cifar10", DATA_DIR)
+    images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
+    answer = serving_signature(version_dir)(images=tf.constant(images))
+    classifier = ood.FeatureClassifier(model, stages=True)
+    probabilities, expected = ood.scores_in_batches(score, classifier, images)
+    np.testing.assert_allclose(answer["probabilities"], probabilities, atol=1e-5)
+    np.testing.assert_allclose(answer["ood_score"], expected, rtol=1e-4, atol=1e-3)
+    # The stage's statistics move the score: noise, far from any photo's, scores above the test images.
+    noise = np.random.default_rng(0).random((40, 32, 32, 3)).astype(np.float32)
+    _, features, _ = classifier(tf.constant(noise))
+    assert features["stage_1"].shape == (40, 16)
+    noisy = serving_signature(version_dir)(images=tf.constant(noise))["ood_score"].numpy()
+    assert np.median(noisy) > np.quantile(expected, 0.9)

@@ -165,7 +165,7 @@ def _serving_module(model, spec, asset_source, ood_score=None):
         module.ood = tf.saved_model.Asset(str(asset_source / ood.ASSET))
         # The same network, its penultimate features taken on the way: the probabilities are the
         # model's own, and the score costs a few small matrix products more.
-        classifier = ood.FeatureClassifier(model)
+        classifier = ood.FeatureClassifier(model, stages=bool(ood_score.stage_gaussians))
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(images):

@@ -229,7 +229,8 @@ def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, se
     (fit_images, fit_labels), (validation_images, _) = split_validation(x_train, y_train, validation_fraction,
                                                                          seed)
     chosen = np.random.default_rng(seed).permutation(len(fit_images))[:OOD_FIT_IMAGES]
-    classifier = ood.FeatureClassifier(serving_model)
+    classifier = ood.FeatureClassifier(
+        serving_model, stages="stages" in ood.components_for(spec.light_on_dark))
     fit_inputs = preprocess(fit_images[chosen])
     _, features, _ = classifier.predict(fit_inputs)
     score = ood.fit_ood_score(features, fit_labels[chosen], fit_inputs, len(spec.classes),
