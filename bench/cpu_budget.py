@@ -66,8 +66,13 @@ STEPS: list[tuple[str, re.Pattern[str]]] = [
      re.compile(r"gunicorn/|http_worker|selectors|socket\.py|threading\.py")),
 ]
 
-# A leaf that blocks: py-spy may catch a thread there as it wakes; those samples are no work.
-_WAITING = re.compile(r"^(Condition\.wait|Event\.wait|.*\.select|_wait_once|Thread\.join) ")
+# A leaf that blocks: py-spy (--nonblocking) counts a thread waiting in C as active, so the leaves
+# where a thread waits (a lock, a queue, a poll, grpcio's completion queue, a blocking call's
+# answer) are named here and their samples left out of the steps.
+_WAITING = re.compile(
+    r"^(Condition\.wait|Event\.wait|\S*\.select|_wait_once|Thread\.join|Handler\.acquire|Condition\.__enter__"
+    r"|GatewayThreadWorker\.handle|_worker|_run_channel_spin_thread\.<locals>\.channel_spin"
+    r"|_UnaryUnaryMultiCallable\._blocking) ")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -116,8 +121,10 @@ def watched(pids: dict[str, int], mode: str, out: Path, seconds: float, rate: in
     tools: list[subprocess.Popen] = []
     for role, pid in pids.items():
         if mode == "profile":
-            command = [str(PY_SPY), "record", "--format", "raw", "--nonblocking", "--rate", str(rate),
-                       "--pid", str(pid), "--duration", str(round(seconds)),
+            # --gil: only the thread holding the GIL, so that a thread waiting for it (after a
+            # socket write, a PNG decode) is not counted as working there.
+            command = [str(PY_SPY), "record", "--format", "raw", "--nonblocking", "--gil",
+                       "--rate", str(rate), "--pid", str(pid), "--duration", str(round(seconds)),
                        "--output", str(out / f"{role}.txt")]
         elif mode == "strace":
             command = ["strace", "-c", "-f", "-q", "-o", str(out / f"{role}.strace"), "-p", str(pid)]
@@ -172,10 +179,14 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
             mallocs = malloc_calls(pid) - mallocs_before[role]
             row["processes"][role]["mallocs_per_request"] = round(mallocs / sent)
         if args.mode == "profile" and (run_dir / f"{role}.txt").exists():
+            # The Python threads' CPU shared out by the GIL-holding samples: a thread holding the GIL
+            # but descheduled still counts, C run without the GIL (TensorFlow's kernels on the
+            # calling thread, Pillow's inflate) does not; hence shares, not seconds.
             samples = read_py_spy(run_dir / f"{role}.txt")
-            total = sum(count for step, count in samples.items() if not step.startswith("waiting")) or 1
-            row["processes"][role]["python_steps_share"] = {
-                step: round(count / total, 3) for step, count in samples.most_common()}
+            working = [(step, n) for step, n in samples.most_common() if not step.startswith("waiting")]
+            python_us, total = threads.get("python", 0), sum(n for _, n in working) or 1
+            row["processes"][role]["python_steps_us"] = {
+                step: round(python_us * n / total) for step, n in working}
         if args.mode == "strace" and (run_dir / f"{role}.strace").exists():
             counts = syscalls(run_dir / f"{role}.strace")
             row["processes"][role]["syscalls_per_request"] = {
