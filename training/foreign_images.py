@@ -57,7 +57,7 @@ def foreign_image_sets(name, count=1000, seed=0, data_dir=None, own_images=None)
     sets["blurred"] = np.stack([_blur(image, radius) for image in chosen])
     if not spec.light_on_dark:
         # The gateway re-inverts light-on-dark data sets' negatives: only photos have a foreign negative.
-        sets[f"inverted_{name}"] = 255 - chosen
+        sets[f"inverted_{spec.name}"] = 255 - chosen
     return sets
 
 
