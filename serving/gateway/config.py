@@ -49,7 +49,10 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_HOST": "0.0.0.0",
     "GATEWAY_PORT": 8000,
     "GATEWAY_WORKERS": len(os.sched_getaffinity(0)),  # one per core it may use: decoding holds the GIL
-    "GATEWAY_THREADS": 16,  # per worker; most of a request's time is the wait on the model server
+    # Threads per worker: most of a request's time is the wait on the model server, and SO_REUSEPORT
+    # may hand one worker more connections than the other. At concurrency 32, 32 answered 1-14 % more
+    # requests/s than 16 in 7 of 7 paired runs, as many at 16 (docs/benchmarks.md, 2026-12-07).
+    "GATEWAY_THREADS": 32,
     "GATEWAY_REUSE_PORT": True,  # a SO_REUSEPORT socket per worker; false: one socket shared by all
     "GATEWAY_WORKER_TIMEOUT": 30,
     "GATEWAY_GRACEFUL_TIMEOUT": 20,
