@@ -75,17 +75,32 @@ _WAITING = re.compile(
     r"|_UnaryUnaryMultiCallable\._blocking) ")
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of `pid`, added up by thread name (digits dropped)."""
-    totals: dict[str, float] = collections.defaultdict(float)
+def thread_cpu(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """Each live thread of `pid`: (tid, start time) -> (name, digits dropped; CPU seconds so far).
+
+    Keyed by thread, not name: on Python 3.11 every Python thread shares the process's name, so
+    one that ends would take its lifetime's CPU out of the others'. The start time tells a tid
+    the kernel reused from the thread that had it before.
+    """
+    threads: dict[tuple[int, int], tuple[str, float]] = {}
     for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
         try:
-            name = re.sub(r"[\d#_-]+$", "", (task / "comm").read_text().strip()) or "?"
+            name = re.sub(r"[\d#_.-]+$", "", (task / "comm").read_text().strip()) or "?"
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        totals[name] += (int(fields[11]) + int(fields[12])) / _TICKS
-    return totals
+        threads[int(task.name), int(fields[19])] = (name, (int(fields[11]) + int(fields[12])) / _TICKS)
+    return threads
+
+
+def cpu_by_name(before: dict[tuple[int, int], tuple[str, float]],
+                after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two thread_cpu reads, added up by thread name. A thread that
+    started in between counts from 0; one that ended is in neither sum, only in its process's."""
+    spent: dict[str, float] = collections.defaultdict(float)
+    for key, (name, seconds) in after.items():
+        spent[name] += seconds - before.get(key, (name, 0.0))[1]
+    return spent
 
 
 def malloc_calls(pid: int) -> int:
@@ -169,8 +184,10 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
                  "others": round(result.other_cpu_share, 3), "sent": sent, "processes": {}}
     for role, pid in pids.items():
         after = thread_cpu(pid)
-        threads = {name: round((after[name] - before[role].get(name, 0.0)) * 1e6 / sent)
-                   for name in after if after[name] - before[role].get(name, 0.0) > 0}
+        threads = {name: round(seconds * 1e6 / sent)
+                   for name, seconds in cpu_by_name(before[role], after).items() if seconds > 0}
+        # The main thread's name is every Python thread's ("python", "python3." as python3.11).
+        python_name = next((name for (tid, _), (name, _) in after.items() if tid == pid), None)
         # A thread that ended during the run is in its process's time, not in any thread's.
         total = round((cpu_seconds([pid]) - process_before[role]) * 1e6 / sent)
         threads["(ended threads)"] = total - sum(threads.values())
@@ -184,7 +201,10 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
             # calling thread, Pillow's inflate) does not; hence shares, not seconds.
             samples = read_py_spy(run_dir / f"{role}.txt")
             working = [(step, n) for step, n in samples.most_common() if not step.startswith("waiting")]
-            python_us, total = threads.get("python", 0), sum(n for _, n in working) or 1
+            python_us = threads.get(python_name, 0) if python_name else 0
+            if not python_us:
+                logger.warning("%s: no CPU found on its Python threads (main thread %s)", role, python_name)
+            total = sum(n for _, n in working) or 1
             row["processes"][role]["python_steps_us"] = {
                 step: round(python_us * n / total) for step, n in working}
         if args.mode == "strace" and (run_dir / f"{role}.strace").exists():
