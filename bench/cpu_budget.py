@@ -29,6 +29,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from bench import http_load, servers
 from bench.cpu import cpu_seconds, with_cpu
@@ -133,26 +134,37 @@ def read_py_spy(path: Path) -> collections.Counter[str]:
 @contextlib.contextmanager
 def watched(pids: dict[str, int], mode: str, out: Path, seconds: float, rate: int) -> Iterator[None]:
     """py-spy or strace attached to each process for the block's length (mode 'plain': nothing)."""
-    tools: list[subprocess.Popen] = []
-    for role, pid in pids.items():
-        if mode == "profile":
-            # --gil: only the thread holding the GIL, so that a thread waiting for it (after a
-            # socket write, a PNG decode) is not counted as working there.
-            command = [str(PY_SPY), "record", "--format", "raw", "--nonblocking", "--gil",
-                       "--rate", str(rate), "--pid", str(pid), "--duration", str(round(seconds)),
-                       "--output", str(out / f"{role}.txt")]
-        elif mode == "strace":
-            command = ["strace", "-c", "-f", "-q", "-o", str(out / f"{role}.strace"), "-p", str(pid)]
-        else:
-            continue
-        tools.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        yield
-    finally:
-        for tool in tools:
-            if mode == "strace":
-                tool.send_signal(signal.SIGINT)
-            tool.wait(timeout=60)
+    tools: list[tuple[str, subprocess.Popen, IO[bytes]]] = []
+    with contextlib.ExitStack() as stderrs:
+        for role, pid in pids.items():
+            if mode == "profile":
+                # --gil: only the thread holding the GIL, so that a thread waiting for it (after a
+                # socket write, a PNG decode) is not counted as working there.
+                command = [str(PY_SPY), "record", "--format", "raw", "--nonblocking", "--gil",
+                           "--rate", str(rate), "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+                           "--output", str(out / f"{role}.txt")]
+            elif mode == "strace":
+                command = ["strace", "-c", "-f", "-q", "-o", str(out / f"{role}.strace"), "-p", str(pid)]
+            else:
+                continue
+            # stderr kept: a tool that could not attach says why there, and its figures are missing.
+            stderr = stderrs.enter_context(tempfile.TemporaryFile())
+            tools.append((role, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr), stderr))
+        try:
+            yield
+        finally:
+            for role, tool, output in tools:
+                if mode == "strace":
+                    tool.send_signal(signal.SIGINT)
+                try:
+                    tool.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    tool.kill()
+                    tool.wait()
+                if tool.returncode:
+                    output.seek(0)
+                    logger.warning("%s on %s exited %d: %s", mode, role, tool.returncode,
+                                   output.read().decode(errors="replace").strip()[-2000:])
 
 
 def syscalls(path: Path) -> dict[str, int]:
