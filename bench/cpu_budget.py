@@ -6,7 +6,7 @@ optionally per Python step (py-spy samples) or per system call (strace -c).
     python -m bench.cpu_budget ... --gateway-env --gateway-env LOG_LEVEL=WARNING  # in turns
     python -m bench.cpu_budget ... --mode profile      # + py-spy's raw stacks, shares per step
     python -m bench.cpu_budget ... --mode strace       # + syscalls per request
-    gcc -O2 -shared -fPIC -o /tmp/malloc_count.so bench/malloc_count.c   # + allocations per request:
+    gcc -O2 -shared -fPIC -o /tmp/malloc_count.so bench/malloc_count.c -ldl   # + allocations per request:
     MALLOC_COUNT_DIR=$(mktemp -d) LD_PRELOAD=/tmp/malloc_count.so PYTHONMALLOC=malloc \
         python -m bench.cpu_budget ...
 
@@ -106,10 +106,13 @@ def cpu_by_name(before: dict[tuple[int, int], tuple[str, float]],
 
 def malloc_calls(pid: int) -> int:
     """The allocations bench/malloc_count.c has counted in `pid` so far (to within 4096)."""
+    path = Path(MALLOC_COUNT_DIR) / str(pid)
     try:
-        return int((Path(MALLOC_COUNT_DIR) / str(pid)).read_text())
-    except (OSError, ValueError):
-        return 0
+        return int(path.read_text())
+    except (OSError, ValueError) as error:
+        # No file: the preload did not take in that process; a 0 would read as no allocations.
+        raise SystemExit(f"cpu_budget: MALLOC_COUNT_DIR is set but {path} cannot be read ({error}): "
+                         "start with LD_PRELOAD=<malloc_count.so> PYTHONMALLOC=malloc") from error
 
 
 def classify(stack_text: str) -> str:
@@ -184,7 +187,7 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
     http_load.run_wrk(wrk, url, bodies, MULTIPART_CONTENT_TYPE, args.concurrency, 1.0, **options)  # warm-up
     before = {role: thread_cpu(pid) for role, pid in pids.items()}
     process_before = {role: cpu_seconds([pid]) for role, pid in pids.items()}
-    mallocs_before = {role: malloc_calls(pid) for role, pid in pids.items()}
+    mallocs_before = {role: malloc_calls(pid) for role, pid in pids.items()} if MALLOC_COUNT_DIR else {}
     run_dir = out / label
     run_dir.mkdir(parents=True, exist_ok=True)
     with watched(pids, args.mode, run_dir, args.seconds, args.rate):
@@ -194,6 +197,8 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
     row: dict = {"target": label, "model": workload.model, "mode": args.mode,
                  "requests_per_second": round(result.throughput, 1), "cpu_ms": round(result.server_cpu_ms, 3),
                  "others": round(result.other_cpu_share, 3), "sent": sent, "processes": {}}
+    if MALLOC_COUNT_DIR:
+        row["malloc_counting"] = True
     for role, pid in pids.items():
         after = thread_cpu(pid)
         threads = {name: round(seconds * 1e6 / sent)
