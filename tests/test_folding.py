@@ -1,5 +1,5 @@
-"""Tests for training/folding.py: with BatchNormalization folded into the convolutions, the plain and
-the residual networks answer as before, on real images, through export and the out-of-distribution score.
+"""Tests for training/folding.py: with BatchNormalization folded into the convolutions, the plain network
+(on real images) and the residual one answer as before, through export and the out-of-distribution score.
 """
 
 import keras
@@ -20,8 +20,8 @@ BATCH_NORMALIZATION_OPS = {"Rsqrt", "FusedBatchNorm", "FusedBatchNormV2", "Fused
 
 
 def real_images(name, count):
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"DATA_DIR={DATA_DIR} does not exist")
+    if not (DATA_DIR / f"{name}.npz").exists():
+        pytest.skip(f"{DATA_DIR / f'{name}.npz'} does not exist")
     (x_train, y_train), (x_test, _) = load_data(name, DATA_DIR)
     return x_train[:count], y_train[:count], preprocess(x_test[:64])
 
@@ -72,13 +72,13 @@ def test_folded_plain_network_answers_the_same(tiny_model, mnist):
 
 
 def test_folded_residual_network_answers_the_same():
-    _, _, images = real_images("cifar10", 0)
+    # Random pixels suffice: folding must hold for any input, and loading CIFAR-10 takes seconds.
+    images = np.random.default_rng(0).random((16, 32, 32, 3)).astype("float32")
     model = build_model("cifar10", profile="cpu")
     randomize_normalization(model)
     folded = fold_batch_normalization(model)
     assert len(normalization_layers(model)) == 8 and not normalization_layers(folded)
-    np.testing.assert_allclose(folded.predict(images[:16], verbose=0), model.predict(images[:16], verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(folded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
 
 
 def test_only_a_convolution_feeding_nothing_else_folds():
