@@ -90,9 +90,9 @@ def classifier_parts(serving_model):
 
 class FeatureClassifier:
     """images -> (probabilities exactly as the serving model answers them, features, the logits), from
-    one pass through the network. features: {"penultimate": pooled [N, D]} and, with `stages`, each
-    stage's output but the last (its pooling layer's) as per channel mean and deviation over positions,
-    {"stage_1": [N, 2C], ...}."""
+    one pass through the network. features: {"penultimate": pooled [N, D]} and, with `stages`, the
+    output of each pooling layer but the last (residual networks: before the stage's residual block) as
+    per channel mean and deviation over positions, {"stage_1": [N, 2C], ...}."""
 
     def __init__(self, serving_model, *, stages=False):
         core, self.flip, temperature = classifier_parts(serving_model)
@@ -160,9 +160,8 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, compo
     stages where the components have "stages") and labels; not yet standardized or calibrated (see
     `calibrate`)."""
     components = components or components_for(light_on_dark)
+    # A network with a single pooling layer (or none) has no earlier stage: then "stages" adds nothing.
     stages = sorted((key for key in features if key.startswith("stage_")), key=lambda key: int(key[6:]))
-    if "stages" in components and not stages:
-        raise ValueError("the 'stages' component needs FeatureClassifier(..., stages=True)'s features")
     names = [name for component in components
              for name in (stages if component == "stages" else [component])]
     score = OodScore(standardization={name: (0.0, 1.0) for name in names})
