@@ -221,9 +221,9 @@ def measure(label: str, url: str, pids: dict[str, int], workload: Workload, args
             python_us = threads.get(python_name, 0) if python_name else 0
             if not python_us:
                 logger.warning("%s: no CPU found on its Python threads (main thread %s)", role, python_name)
-            total = sum(n for _, n in working) or 1
+            samples_total = sum(n for _, n in working) or 1
             row["processes"][role]["python_steps_us"] = {
-                step: round(python_us * n / total) for step, n in working}
+                step: round(python_us * n / samples_total) for step, n in working}
         if args.mode == "strace" and (run_dir / f"{role}.strace").exists():
             counts = syscalls(run_dir / f"{role}.strace")
             row["processes"][role]["syscalls_per_request"] = {

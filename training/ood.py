@@ -172,9 +172,10 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, compo
     score = OodScore(standardization={name: (0.0, 1.0) for name in names})
     for stage in stages if "stages" in components else []:
         statistics = np.asarray(features[stage], np.float64)
-        centered = statistics - statistics.mean(axis=0)
+        mean = statistics.mean(axis=0)
+        centered = statistics - mean
         precision = _shrunk_precision(centered.T @ centered / len(centered))
-        score.stage_gaussians[stage] = (statistics.mean(axis=0).astype(np.float32),
+        score.stage_gaussians[stage] = (mean.astype(np.float32),
                                         np.linalg.cholesky(precision).astype(np.float32))
     flat = np.asarray(images, np.float32).reshape(len(images), -1)
     if light_on_dark:
