@@ -199,6 +199,29 @@ def test_auroc_and_fpr95_by_hand():
     assert fpr_at_95_tpr(inside, [94, 95, 200, 300]) == 0.25
 
 
+def test_fishers_method_reads_each_components_p_value_off_the_validation_images():
+    """combine() against numpy: p = share of validation values at least as high, -sum(log p), and past the
+    largest validation value p falls by e per standard deviation; one strong component alone is flagged."""
+    rng = np.random.default_rng(0)
+    validation = rng.normal(size=(3, 1000)).astype(np.float32)
+    score = ood.OodScore(standardization={name: (0.0, 1.0) for name in "abc"},
+                         reference=np.sort(validation, axis=1))
+    images = rng.normal(size=(3, 50)).astype(np.float32)
+    images[0, :5] = [3.0, 4.0, 6.0, 8.0, 10.0]  # past the validation maximum for the last ones
+    images[1:, :5] = 0.0
+    combined = ood.combine(score, [tf.constant(row) for row in images]).numpy()
+    at_least = (validation[:, None, :] >= images[:, :, None]).sum(axis=2)
+    log_p = np.log((at_least + 1) / 1001) - np.maximum(images - validation.max(axis=1, keepdims=True), 0)
+    np.testing.assert_allclose(combined, -log_p.sum(axis=0), rtol=1e-5)
+    assert np.all(np.diff(combined[:5]) > 0)  # still ordered past the validation values
+    validation_scores = ood.combine(score, [tf.constant(row) for row in validation]).numpy()
+    threshold = np.quantile(validation_scores, 0.95)
+    assert np.mean(validation_scores > threshold) == pytest.approx(0.05, abs=0.002)
+    # One component four deviations out, the others at their median: flagged.
+    lone = ood.combine(score, [tf.constant([4.0]), tf.constant([0.0]), tf.constant([0.0])]).numpy()
+    assert lone[0] > threshold
+
+
 def test_a_photo_score_flags_solid_colours_and_measures_texture():
     """Without a network: fit on random photos and features, calibrate, then score solid colours."""
     rng = np.random.default_rng(0)
@@ -226,7 +249,7 @@ def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_
     # tiny: two stages, each ending in pooling; the last one's output is the penultimate features
     assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1"]
     assert json.loads((version_dir / "assets" / "ood.json").read_text())["method"] == (
-        "norm-of-standardized(energy, mahalanobis, smoothness, stage_1)")
+        "fisher-of-empirical-p(energy, mahalanobis, smoothness, stage_1)")
     _, (x_test, _) = load_data("cifar10", DATA_DIR)
     images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
     answer = serving_signature(version_dir)(images=tf.constant(images))
