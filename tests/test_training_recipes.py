@@ -9,9 +9,11 @@ import tensorflow as tf
 
 from training.augmentation import Augmentation, augment_batch
 from training.datasets import DATASETS
-from training.models import build_model, with_flip_averaging
+from training.models import LabelledAccuracy, build_model, with_flip_averaging
+from training.outliers import MIN_DIFFERENCE, PERMUTATIONS, shifted_copies
 from training.profiles import PROFILES
 from training.schedules import OneCycle
+from training.train import training_dataset
 
 
 def generator():
@@ -101,3 +103,42 @@ def test_profile_networks_build(name, profile):
     assert model.output_shape == (None, 10)
     assert model.count_params() < 10_000_000  # small enough to serve fast
     keras.backend.clear_session()
+
+
+def test_outlier_exposure_adds_shifted_copies_labelled_uniform():
+    """Each copy is its own image turned or with its channels swapped, labelled 1/K for every class and
+    weighted; copies that equal their image (channels of a grey photo swapped) weigh nothing."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    images[:4] = images[:4, :, :, :1]  # grey: every channel the same
+    labels = np.arange(16) % 10
+    (batch_images, batch_labels, weights), = training_dataset(
+        images, labels, batch_size=16, num_classes=10, seed=2, outlier_exposure=0.5).take(1)
+    assert batch_images.shape == (24, 8, 8, 3) and batch_labels.shape == (24, 10) and weights.shape == (24,)
+    np.testing.assert_array_equal(batch_labels[16:], np.full((8, 10), 0.1, np.float32))
+    np.testing.assert_array_equal(weights[:16], np.ones(16))
+    originals = {(image / np.float32(255)).astype(np.float32).tobytes() for image in images}
+    kinds = set()
+    for copy, weight, original in zip(batch_images[16:].numpy(), weights[16:].numpy(),
+                                      batch_images[:8].numpy(), strict=True):
+        assert original.tobytes() in originals  # the batch starts with the (shuffled) images themselves
+        shifts = {**{f"channels {order}": original[..., list(order)] for order in PERMUTATIONS},
+                  **{f"turn {turns}": np.rot90(original, turns) for turns in (1, 2, 3)}}
+        kind = next(name for name, shifted in shifts.items() if np.array_equal(shifted, copy))
+        kinds.add(kind.split()[0])
+        assert weight == (0.5 if np.mean(np.abs(copy - original)) > MIN_DIFFERENCE else 0.0), kind
+    assert kinds == {"channels", "turn"}
+    assert 0.0 in weights[16:].numpy()  # seed 2 swaps the channels of grey images
+
+
+def test_outlier_exposure_needs_colour_channels():
+    with pytest.raises(ValueError, match="3, not 1"):
+        shifted_copies(tf.zeros((2, 8, 8, 1)), generator())
+
+
+def test_training_accuracy_counts_only_the_images_with_a_class():
+    accuracy = LabelledAccuracy()
+    truth = np.array([[1, 0, 0], [0, 1, 0], [1 / 3] * 3, [1 / 3] * 3], np.float32)
+    answers = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1]], np.float32)
+    accuracy.update_state(truth, answers)
+    assert float(accuracy.result()) == 0.5  # one of the two labelled images; the uniform rows don't count

@@ -36,9 +36,23 @@ def build_model(name, profile="quick", *, steps_per_epoch=1, settings=None):
     model.compile(
         optimizer=build_optimizer(settings, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
-        metrics=["accuracy"],
+        metrics=[LabelledAccuracy()],
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="pixelgate")
+class LabelledAccuracy(keras.metrics.CategoricalAccuracy):
+    """"accuracy" over the images that have a class: the outliers of outlier exposure (outliers.py) are
+    labelled with the uniform distribution, which no answer can match."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # One-hot rows have a 1; the uniform rows of two or more classes at most 0.5.
+        labelled = keras.ops.cast(keras.ops.max(y_true, axis=-1) > 0.5, "float32")
+        return super().update_state(y_true, y_pred, sample_weight=labelled)
 
 
 def _keras_name(name):

@@ -92,6 +92,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             fit_options = {"epochs": settings.epochs, "batch_size": settings.batch_size,
                            "validation_fraction": settings.validation_fraction,
                            "augmentation": settings.augmentation,
+                           "outlier_exposure": settings.outlier_exposure,
                            "early_stopping_patience": settings.early_stopping_patience}
         elif architecture == "mlp":
             # The course's recipe exactly: all 60,000 images, a constant RMSprop rate, 5 epochs of 128.
@@ -147,6 +148,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         "profile": profile if architecture == "cnn" else None,  # the baseline has one recipe
         "settings": dataclasses.asdict(settings) if settings else None,
         "augmentation": _describe_augmentation(settings),
+        "outlier_exposure": _describe_outlier_exposure(settings),
         "optimizer_description": _describe_optimizer(model.optimizer, settings),
         "flip_test_time": bool(settings and settings.flip_test_time),
         "input_shape": [spec.height, spec.width, spec.channels],
@@ -285,6 +287,13 @@ def _describe_augmentation(settings):
     if augmentation.cutout:
         parts.append(f"cutout {augmentation.cutout}x{augmentation.cutout} px on half the images")
     return ", ".join(parts)
+
+
+def _describe_outlier_exposure(settings):
+    if not (settings and settings.outlier_exposure):
+        return None
+    return (f"turned and channel-swapped copies of half of each batch, trained towards the uniform answer "
+            f"at weight {settings.outlier_exposure:g}")
 
 
 def _describe_optimizer(optimizer, settings):

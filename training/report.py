@@ -200,6 +200,7 @@ def render_markdown(record):
         f"{_duration(record['training_seconds'])}{' since the resume' if record.get('resumed') else ''} "
         f"on {record['hardware']}{_cpu_time(record)} |",
         f"| augmentation | {record.get('augmentation') or 'none'} |",
+        f"| outlier exposure | {record.get('outlier_exposure') or 'none'} |",
         f"| optimizer | {record.get('optimizer_description', 'n/a')} |",
         f"| software | TensorFlow {record['versions']['tensorflow']}, Keras {record['versions']['keras']}, "
         f"precision {record.get('precision', 'float32')}, seed {record['seed']} |",

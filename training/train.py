@@ -17,6 +17,7 @@ import tensorflow as tf
 from .augmentation import augment_batch
 from .distribute import with_data_sharding
 from .metrics import classification_metrics
+from .outliers import with_outliers
 
 PIXEL_SCALE = 255.0
 
@@ -38,8 +39,10 @@ def split_validation(images, labels, fraction, seed):
     return (images[order[size:]], labels[order[size:]]), (images[order[:size]], labels[order[:size]])
 
 
-def training_dataset(images, labels, *, batch_size, num_classes, seed, augmentation=None):
-    """Shuffled batches of (float32 images, one-hot labels), augmented batch by batch.
+def training_dataset(images, labels, *, batch_size, num_classes, seed, augmentation=None,
+                     outlier_exposure=0.0):
+    """Shuffled batches of (float32 images, one-hot labels), augmented batch by batch; with
+    `outlier_exposure`, (images, labels, sample weights) with shifted copies as outliers (outliers.py).
 
     The map runs sequentially: the generator's draws then follow the batch order, so a
     seed repeats the run, and on two cores the training step has the cores anyway.
@@ -50,7 +53,10 @@ def training_dataset(images, labels, *, batch_size, num_classes, seed, augmentat
         batch_images = tf.cast(batch_images, tf.float32) / PIXEL_SCALE
         if augmentation is not None:
             batch_images = augment_batch(batch_images, augmentation, generator)
-        return batch_images, tf.one_hot(batch_labels, num_classes)
+        one_hot = tf.one_hot(batch_labels, num_classes)
+        if outlier_exposure:
+            return with_outliers(batch_images, one_hot, outlier_exposure, generator)
+        return batch_images, one_hot
 
     return (
         tf.data.Dataset.from_tensor_slices((images, labels))
@@ -62,14 +68,16 @@ def training_dataset(images, labels, *, batch_size, num_classes, seed, augmentat
 
 
 def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.1, seed=1337,
-          augmentation=None, early_stopping_patience=0, run_dir=None, resume=False, callbacks=(), verbose=1):
+          augmentation=None, outlier_exposure=0.0, early_stopping_patience=0, run_dir=None, resume=False,
+          callbacks=(), verbose=1):
     """Fit on a shuffled training split, watching the held-out rest; returns the per-epoch history.
 
     With `run_dir`, each epoch leaves a checkpoint (model and optimizer state) there, the
     best validation weights, a JSON-lines history and TensorBoard logs; `resume=True` continues
     from the last checkpoint instead of starting over. `augmentation` (an
     `augmentation.Augmentation`) runs in the input pipeline, so the exported graph holds
-    no random ops.
+    no random ops; so do the shifted copies that `outlier_exposure` (their loss's weight; 0:
+    none) adds as outliers (outliers.py).
     """
     keras.utils.set_random_seed(seed)
     num_classes = model.output_shape[-1]
@@ -80,7 +88,7 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
         one_hot = np.eye(num_classes, dtype=np.float32)[validation_labels]
         validation_data = (preprocess(validation_images), one_hot)
     dataset = training_dataset(fit_images, fit_labels, batch_size=batch_size, num_classes=num_classes,
-                               seed=seed, augmentation=augmentation)
+                               seed=seed, augmentation=augmentation, outlier_exposure=outlier_exposure)
     # Under a multi-worker strategy each worker keeps its share of every (global) batch; the same
     # seed gives every worker the same shuffled order.
     dataset = with_data_sharding(dataset)
