@@ -57,8 +57,9 @@ class FrozenSignature:
         return lambda images: self._session.run(fetches, {self._feed: images})
 
     def executed_nodes(self, keys: list[str], images: np.ndarray) -> set[str]:
-        """The graph's nodes one call that fetches `keys` runs (what the session pruned, it did not);
-        not the runtime's own (_SOURCE, _arg_..., _retval_...)."""
+        """The graph's ops one call that fetches `keys` runs (what the session pruned, it did not);
+        not the runtime's own (_SOURCE, _arg_..., _retval_...) nor constants, which grappler folds
+        differently for each set of fetches."""
         import tensorflow as tf
 
         metadata = tf.compat.v1.RunMetadata()
@@ -66,7 +67,7 @@ class FrozenSignature:
         self._session.run([self._names[key] for key in keys], {self._feed: images}, options=options,
                           run_metadata=metadata)
         return {node.node_name for device in metadata.step_stats.dev_stats for node in device.node_stats
-                if not node.node_name.startswith("_")}
+                if not node.node_name.startswith("_") and not node.timeline_label.endswith("= Const()")}
 
     def close(self) -> None:
         self._session.close()

@@ -128,7 +128,15 @@ def test_outlier_exposure_adds_shifted_copies_labelled_uniform():
         kinds.add(kind.split()[0])
         assert weight == (0.5 if np.mean(np.abs(copy - original)) > MIN_DIFFERENCE else 0.0), kind
     assert kinds == {"channels", "turn"}
-    assert 0.0 in weights[16:].numpy()  # seed 2 swaps the channels of grey images
+
+
+def test_shifted_copies_of_grey_photos_weigh_nothing_unless_turned():
+    """A grey photo with its channels swapped is the same photo: no outlier. Turned, it is one."""
+    grey = np.random.default_rng(1).random((64, 8, 8, 1), dtype=np.float32).repeat(3, axis=-1)
+    copies, differs = shifted_copies(tf.constant(grey), generator())
+    turned = [not np.array_equal(copy, image) for copy, image in zip(copies.numpy(), grey, strict=True)]
+    np.testing.assert_array_equal(differs.numpy(), np.array(turned, np.float32))
+    assert 0 < sum(turned) < len(grey)  # both kinds were drawn
 
 
 def test_outlier_exposure_needs_colour_channels():
