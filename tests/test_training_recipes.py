@@ -107,16 +107,17 @@ def test_profile_networks_build(name, profile):
 
 def test_outlier_exposure_adds_shifted_copies_labelled_uniform():
     """Each copy is its own image turned or with its channels swapped, labelled 1/K for every class and
-    weighted; copies that equal their image (channels of a grey photo swapped) weigh nothing."""
+    weighted so that Keras's loss is the images' mean loss plus λ times the copies'; copies that equal
+    their image (channels of a grey photo swapped) weigh nothing."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
     images[:4] = images[:4, :, :, :1]  # grey: every channel the same
     labels = np.arange(16) % 10
     (batch_images, batch_labels, weights), = training_dataset(
-        images, labels, batch_size=16, num_classes=10, seed=2, outlier_exposure=0.5).take(1)
+        images, labels, batch_size=16, num_classes=10, seed=2, outlier_exposure=0.25).take(1)
     assert batch_images.shape == (24, 8, 8, 3) and batch_labels.shape == (24, 10) and weights.shape == (24,)
     np.testing.assert_array_equal(batch_labels[16:], np.full((8, 10), 0.1, np.float32))
-    np.testing.assert_array_equal(weights[:16], np.ones(16))
+    np.testing.assert_array_equal(weights[:16], np.full(16, 1.5))  # 24 rows of which 16 images
     originals = {(image / np.float32(255)).astype(np.float32).tobytes() for image in images}
     kinds = set()
     for copy, weight, original in zip(batch_images[16:].numpy(), weights[16:].numpy(),
@@ -126,8 +127,15 @@ def test_outlier_exposure_adds_shifted_copies_labelled_uniform():
                   **{f"turn {turns}": np.rot90(original, turns) for turns in (1, 2, 3)}}
         kind = next(name for name, shifted in shifts.items() if np.array_equal(shifted, copy))
         kinds.add(kind.split()[0])
-        assert weight == (0.5 if np.mean(np.abs(copy - original)) > MIN_DIFFERENCE else 0.0), kind
+        assert weight == (0.75 if np.mean(np.abs(copy - original)) > MIN_DIFFERENCE else 0.0), kind
     assert kinds == {"channels", "turn"}
+    # What the weights are for: Keras averages over all 24 rows, yet the loss is Hendrycks et al.'s.
+    answers = tf.nn.softmax(tf.random.stateless_normal((24, 10), seed=(1, 2)))
+    loss = keras.losses.CategoricalCrossentropy()(batch_labels, answers, sample_weight=weights)
+    each = keras.losses.categorical_crossentropy(batch_labels, answers).numpy()
+    counted = weights[16:].numpy() > 0
+    expected = each[:16].mean() + 0.25 * np.sum(each[16:] * counted) / 8
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_shifted_copies_of_grey_photos_weigh_nothing_unless_turned():

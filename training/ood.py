@@ -282,9 +282,12 @@ def combine(score, standardized):
     same scale whatever its tail's shape, so one component's strong evidence is not drowned out by
     the others' spread on in-distribution images: on the quick models it flagged more foreign images of
     every kind than the norm of the standardized components did, cifar10's photo negatives most
-    (docs/training.md). Beyond the largest validation value, p keeps falling by e per standard deviation."""
+    (docs/training.md). Beyond the largest validation value, p keeps falling by a factor of e per standard
+    deviation."""
     if len(standardized) == 1:
         return standardized[0]
+    if score.reference is None:
+        raise ValueError("the score is not calibrated: combining components needs calibrate()'s reference")
     values = tf.stack(standardized)  # [components, N]
     reference = tf.constant(score.reference)
     count = score.reference.shape[1]

@@ -35,9 +35,14 @@ def shifted_copies(images, generator):
 
 def with_outliers(images, one_hot, weight, generator):
     """(images, labels, sample weights): the batch, then shifted copies of its first half labelled
-    with the uniform distribution and weighted `weight` (Hendrycks et al. weigh the outliers' loss 0.5)."""
-    copies, differs = shifted_copies(images[: tf.shape(images)[0] // 2], generator)
+    with the uniform distribution. Keras averages the weighted loss over all rows, copies included, so
+    the weights undo that: the loss is the images' mean loss plus `weight` times the copies' mean
+    loss, Hendrycks et al.'s λ (copies that equal their image count as weighing nothing)."""
+    count = tf.shape(images)[0]
+    copies, differs = shifted_copies(images[: count // 2], generator)
     num_classes = one_hot.shape[-1]
     uniform = tf.fill([tf.shape(copies)[0], num_classes], 1.0 / num_classes)
-    weights = tf.concat([tf.ones([tf.shape(images)[0]]), weight * differs], axis=0)
+    rows = tf.cast(count + tf.shape(copies)[0], tf.float32)
+    weights = tf.concat([tf.fill([count], rows / tf.cast(count, tf.float32)),
+                         weight * rows / tf.cast(tf.shape(copies)[0], tf.float32) * differs], axis=0)
     return tf.concat([images, copies], axis=0), tf.concat([one_hot, uniform], axis=0), weights

@@ -24,10 +24,11 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BYTES_BUCKETS = tuple(float(1024 * 4**power) for power in range(9))  # 1 KiB .. 64 MiB
 _IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-# Scores are standardized on the validation split (mean 0, deviation 1); thresholds calibrated for a 5 %
-# flag rate sit between 1 and 3, and an empty frame's score is 1,000 above the rest.
-_OOD_SCORE_BUCKETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0,
-                      100.0)
+# Fisher's method on C components scores in-distribution images about C on average (never below 0;
+# a lone standardized component can be); thresholds for a 5 % flag rate sit between 4 and 9 for 2 to
+# 4 components, so the buckets are finest there. An empty frame scores 1,000 above the rest.
+_OOD_SCORE_BUCKETS = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 12.5, 15.0,
+                      20.0, 30.0, 50.0, 100.0)
 _FRACTION_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6,
                      0.7, 0.8, 0.9, 1.0)
 FOREGROUND_LEVEL = 0.5  # a model-input pixel above this counts as foreground (of [0, 1])
