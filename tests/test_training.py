@@ -252,17 +252,22 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt("interrupted")
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (80, 28, 28, 1), dtype=np.uint8)
+@pytest.mark.parametrize(("name", "shape", "outlier_exposure"),
+                         [("mnist", (28, 28, 1), 0.0), ("cifar10", (32, 32, 3), 0.25)])
+def test_resume_continues_from_the_last_checkpoint(tmp_path, name, shape, outlier_exposure):
+    """Also with outlier exposure: weighted (image, label, weight) batches and the accuracy that counts
+    only the images with a class go through the checkpoint and back."""
+    images = np.random.default_rng(0).integers(0, 256, (80, *shape), dtype=np.uint8)
     labels = np.arange(80) % 10
-    model = build_model("mnist", profile="tiny", steps_per_epoch=3)
-    options = {"epochs": 3, "batch_size": 24, "validation_fraction": 0.1, "run_dir": tmp_path, "verbose": 0}
+    model = build_model(name, profile="tiny", steps_per_epoch=3)
+    options = {"epochs": 3, "batch_size": 24, "validation_fraction": 0.1, "run_dir": tmp_path, "verbose": 0,
+               "outlier_exposure": outlier_exposure}
     with pytest.raises(KeyboardInterrupt):
         train(model, images, labels, callbacks=[StopAfterFirstEpoch()], **options)
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
     saved = [weights.copy() for weights in model.get_weights()]
 
-    fresh = build_model("mnist", profile="tiny", steps_per_epoch=3)  # a new process would start like this
+    fresh = build_model(name, profile="tiny", steps_per_epoch=3)  # a new process would start like this
     resumed = []
     # The first epoch begins after BackupAndRestore has loaded the checkpoint.
     first_epoch = keras.callbacks.LambdaCallback(
@@ -272,6 +277,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
         np.testing.assert_array_equal(before, after)
     assert int(fresh.optimizer.iterations) == 3 * 3  # ... with its optimizer state (hence the schedule)
     assert len(history["loss"]) == 3  # the history file holds the epochs from before the interruption too
+    assert all(0 <= accuracy <= 1 for accuracy in history["accuracy"] + history["val_accuracy"])
     assert not (tmp_path / "backup").exists()  # a finished run leaves no checkpoint to resume
     assert (tmp_path / "best.weights.h5").is_file()
 
