@@ -3,6 +3,7 @@
 model trained once for the module.
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -76,6 +77,8 @@ def test_ood_json_is_an_asset_consistent_with_the_validation_split(trained):
     calibration = asset["calibration"]
     assert calibration["split"] == "validation" and calibration["images"] == 400  # 10 % of 4,000
     assert 0.03 <= calibration["in_distribution_flag_rate"] <= 0.07
+    # Each validation image scored as served counts itself among the reference: a little more typical.
+    assert calibration["served_flag_rate"] <= calibration["in_distribution_flag_rate"]
     # The asset is tracked by the SavedModel (TF Serving copies it), not a file dropped beside it.
     saved = tf.saved_model.load(str(version_dir))
     assert Path(saved.ood.asset_path.numpy().decode()).name == "ood.json"
@@ -87,8 +90,7 @@ def test_ood_json_is_an_asset_consistent_with_the_validation_split(trained):
     _, (validation, _) = pipeline.split_validation(x_train[:4000], y_train[:4000], 0.1, 1337)
     exported = ExportedModel(version_dir)
     _, scores = exported.predict_with_scores(as_served(validation, exported.preprocessing))
-    assert np.mean(scores > asset["threshold"]) == pytest.approx(calibration["in_distribution_flag_rate"],
-                                                                 abs=0.005)
+    assert np.mean(scores > asset["threshold"]) == pytest.approx(calibration["served_flag_rate"], abs=0.005)
 
 
 def test_empty_frames_are_out_of_distribution(trained):
@@ -222,6 +224,24 @@ def test_fishers_method_reads_each_components_p_value_off_the_validation_images(
     assert lone[0] > threshold
 
 
+def test_calibration_reads_each_validation_images_p_value_among_the_others():
+    """leave_out against a reference rebuilt without the image, image by image: the same score, the
+    tail past the others' largest value included; as served, an image counting itself scores lower."""
+    rng = np.random.default_rng(3)
+    validation = rng.normal(size=(2, 40)).astype(np.float32)
+    validation[0, 7] = 9.0  # the largest of its component, by far: its tail is read past the second largest
+    whole = ood.OodScore(standardization={"a": (0.0, 1.0), "b": (0.0, 1.0)},
+                         reference=np.sort(validation, axis=1))
+    left_out = ood.combine(whole, [tf.constant(row) for row in validation], leave_out=True).numpy()
+    for image in range(40):
+        others = np.sort(np.delete(validation, image, axis=1), axis=1)
+        alone = dataclasses.replace(whole, reference=others)
+        expected = ood.combine(alone, [tf.constant(row[image:image + 1]) for row in validation]).numpy()
+        assert left_out[image] == pytest.approx(expected[0], rel=1e-5), image
+    served = ood.combine(whole, [tf.constant(row) for row in validation]).numpy()
+    assert np.all(served <= left_out) and np.mean(served < left_out) > 0.9  # equal where p is 1 either way
+
+
 def test_a_photo_score_flags_solid_colours_and_measures_texture():
     """Without a network: fit on random photos and features, calibrate, then score solid colours."""
     rng = np.random.default_rng(0)
@@ -232,7 +252,9 @@ def test_a_photo_score_flags_solid_colours_and_measures_texture():
     score = ood.fit_ood_score(features, rng.integers(0, 10, 200), images, 10, light_on_dark=False)
     assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1"]
     score = ood.calibrate(score, images, features, logits)
-    assert score.calibration == {"split": "validation", "images": 200, "in_distribution_flag_rate": 0.05}
+    assert score.calibration["split"] == "validation" and score.calibration["images"] == 200
+    assert score.calibration["in_distribution_flag_rate"] == 0.05
+    assert score.calibration["served_flag_rate"] <= 0.05
     solid = np.broadcast_to(np.array([0.1, 0.5, 0.9], np.float32), (2, 8, 8, 3)).copy()
     first = {key: value[:2] for key, value in features.items()}
     scores = ood.ood_scores(score, tf.constant(solid), first, logits[:2]).numpy()

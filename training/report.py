@@ -250,7 +250,8 @@ def _out_of_distribution_section(record):
         f"`ood_score` ({record.get('ood_method')}); an image is flagged above {result['threshold']:.4g}, "
         "the threshold that "
         f"flagged {calibration.get('in_distribution_flag_rate', float('nan')):.2%} of the "
-        f"{calibration.get('images', 0):,} validation images (target 5 %). Foreign images of each kind: "
+        f"{calibration.get('images', 0):,} validation images, each scored against the others (target 5 %). "
+        "Foreign images of each kind: "
         f"{next(iter(result['kinds'].values()))['images']:,}, made by training/foreign_images.py (seed "
         f"{result['seed']}).",
         "",
