@@ -299,7 +299,7 @@ def combine(score, standardized, *, leave_out=False):
     count = score.reference.shape[1]
     # One op for every component: the number of validation values below each image's.
     below = tf.cast(tf.searchsorted(reference, values, side="left"), tf.float32)
-    if not leave_out:
+    if not leave_out or count < 2:  # one validation image has no others to be read among
         log_p = tf.math.log((count + 1 - below) / (count + 1)) - tf.nn.relu(values - reference[:, -1:])
         return -tf.reduce_sum(log_p, axis=0)
     # Among the other count - 1 values: (count - below - 1) at least as high, itself not below itself.
