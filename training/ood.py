@@ -260,16 +260,19 @@ def empty_frames(score, images):
     return empty
 
 
-def ood_scores(score, images, features, logits, *, leave_out=False):
-    """The score [N]: the combined standardized components, plus EMPTY_SCORE for an empty frame
-    (`leave_out`: see `combine`)."""
-    return combine(score, standardized_components(score, images, features, logits), leave_out=leave_out) + (
+def ood_scores(score, images, features, logits):
+    """The score [N]: the combined standardized components, plus EMPTY_SCORE for an empty frame."""
+    return combine(score, standardized_components(score, images, features, logits)) + (
         EMPTY_SCORE * empty_frames(score, images))
 
 
 def standardized_components(score, images, features, logits):
     """[N] per component, in standardization's order: standardized, TWO_SIDED ones as distances."""
-    components = component_scores(score, images, features, logits)
+    return standardize(score, component_scores(score, images, features, logits))
+
+
+def standardize(score, components):
+    """`component_scores`' values standardized, a list in standardization's order."""
     standardized = []
     for name, (mean, deviation) in score.standardization.items():
         value = (components[name] - np.float32(mean)) * np.float32(1 / deviation)
@@ -299,12 +302,14 @@ def combine(score, standardized, *, leave_out=False):
     count = score.reference.shape[1]
     # One op for every component: the number of validation values below each image's.
     below = tf.cast(tf.searchsorted(reference, values, side="left"), tf.float32)
-    if not leave_out or count < 2:  # one validation image has no others to be read among
-        log_p = tf.math.log((count + 1 - below) / (count + 1)) - tf.nn.relu(values - reference[:, -1:])
-        return -tf.reduce_sum(log_p, axis=0)
-    # Among the other count - 1 values: (count - below - 1) at least as high, itself not below itself.
-    others_max = tf.where(values >= reference[:, -1:], reference[:, -2:-1], reference[:, -1:])
-    log_p = tf.math.log((count - below) / count) - tf.nn.relu(values - others_max)
+    largest = reference[:, -1:]
+    if leave_out and count > 1:  # one validation image has no others to be read among
+        # Among the other count - 1 values, count - below - 1 are at least as high (itself is not below
+        # itself): p = (count - below) / count, and the tail starts at the others' largest.
+        largest = tf.where(values >= largest, reference[:, -2:-1], largest)
+    else:
+        count += 1  # p = (count - below + 1) / (count + 1)
+    log_p = tf.math.log((count - below) / count) - tf.nn.relu(values - largest)
     return -tf.reduce_sum(log_p, axis=0)
 
 
@@ -313,17 +318,20 @@ def calibrate(score, images, features, logits, *, split="validation"):
     Fisher's reference, then set the threshold that flags TARGET_FLAG_RATE of them, each scored against
     the others (`combine`'s leave_out); answers the calibrated score. Its calibration records both that
     rate and the rate of the score as served, where each validation image counts itself."""
-    components = {name: np.asarray(value, np.float64)
-                  for name, value in component_scores(score, images, features, logits).items()}
-    standardization = {name: (float(components[name].mean()), float(max(components[name].std(), 1e-6)))
-                       for name in score.standardization}
+    components = component_scores(score, images, features, logits)
+    standardization = {}
+    for name in score.standardization:
+        values = np.asarray(components[name], np.float64)
+        standardization[name] = (float(values.mean()), float(max(values.std(), 1e-6)))
     score = dataclasses.replace(score, standardization=standardization)
-    standardized = standardized_components(score, images, features, logits)
+    standardized = standardize(score, components)
     reference = np.sort(np.stack([np.asarray(value) for value in standardized]), axis=1)
     score = dataclasses.replace(score, reference=reference.astype(np.float32))
-    scores = np.asarray(ood_scores(score, images, features, logits, leave_out=True))
+    # As ood_scores, from the components computed once: read among the others, and as served.
+    empty = EMPTY_SCORE * np.asarray(empty_frames(score, images))
+    scores = np.asarray(combine(score, standardized, leave_out=True)) + empty
     threshold = float(np.quantile(scores[scores < EMPTY_SCORE / 2], 1 - TARGET_FLAG_RATE))
-    served = np.asarray(ood_scores(score, images, features, logits))
+    served = np.asarray(combine(score, standardized)) + empty
     return dataclasses.replace(score, threshold=threshold, calibration={
         "split": split, "images": int(len(scores)),
         "in_distribution_flag_rate": round(float(np.mean(scores > threshold)), 4),
