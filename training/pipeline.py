@@ -293,7 +293,7 @@ def _describe_outlier_exposure(settings):
     if not (settings and settings.outlier_exposure):
         return None
     return (f"turned and channel-swapped copies of half of each batch, trained towards the uniform answer "
-            f"at weight {settings.outlier_exposure:g}")
+            f"with their mean loss weighing {settings.outlier_exposure:g} of the images'")
 
 
 def _describe_optimizer(optimizer, settings):
