@@ -1,18 +1,18 @@
 """The out-of-distribution score that an exported version answers beside its probabilities.
 
-Components, each standardized on the validation split: the energy score of the logits (Liu et al.
-2020: -logsumexp, low where the network is confident about any class), the Mahalanobis distance of
-the pooled penultimate features to the nearest class mean under one shared covariance (Lee et al.
-2018: far from every class the network knows), and for photos how far the input's texture (log mean
-difference of neighbouring pixels) is from the validation images' either way (blurred, flat, drawn
-or noisy frames) and the Mahalanobis distance of the first stage's feature statistics (per channel
-mean and deviation over positions) to the training images' (after Lee et al.'s feature ensemble:
-low-level evidence the last layer has discarded). The score combines the components by Fisher's
-method: each one's p-value among the validation images', summed as -log (`combine`). The input's
-residual off its principal components ("input_pca") can be added; it measured worse. Frames that
-are (nearly) empty are out of distribution by definition. Fitted on training images, its threshold
-calibrated on validation images for a 5 % in-distribution flag rate; all of it runs in-graph. The
-measurements behind these choices: docs/training.md.
+Components: the energy score of the logits (Liu et al. 2020: -logsumexp, low where the network is
+confident about any class), the Mahalanobis distance of the pooled penultimate features to the nearest
+class mean under one shared covariance (Lee et al. 2018: far from every class the network knows), and
+for photos how far the input's texture (log mean difference of neighbouring pixels) is from the
+validation images' either way (blurred, flat, drawn or noisy frames) and the Mahalanobis distance of
+the first stage's feature statistics (square roots of per channel mean and mean square over positions)
+to the training images' (after Lee et al.'s feature ensemble: low-level evidence the last layer has
+discarded). The score combines the components by Fisher's method: each one's p-value among the
+validation images', summed as -log (`combine`). The input's residual off its principal components
+("input_pca") can be added; it measured worse. Frames that are (nearly) empty are out of distribution
+by definition. Fitted on training images, its threshold calibrated on validation images for a 5 %
+in-distribution flag rate; all of it runs in-graph, in few ops: at batch 1 a call's cost is mostly
+its op count (docs/benchmarks.md). The measurements behind these choices: docs/training.md.
 """
 
 import dataclasses
@@ -58,8 +58,8 @@ class OodScore:
     # stages: per stage ("stage_1", ...), the training images' mean [D] and a square root [D, D] of the
     # precision of their pooled statistics (one Gaussian: early features say little about the class)
     stage_gaussians: dict = dataclasses.field(default_factory=dict)
-    # Fisher's method: per component (in standardization's order), its sorted standardized validation
-    # values [components, images], against which an image's p-value is read
+    # Fisher's method: per component (in standardization's order), its sorted validation values as
+    # `orient` gives them [components, images], against which an image's p-value is read
     reference: np.ndarray | None = None
     input_mean: np.ndarray | None = None  # input_pca: [H*W*C]
     input_basis: np.ndarray | None = None  # [H*W*C, m]
@@ -100,7 +100,7 @@ class FeatureClassifier:
     """images -> (probabilities exactly as the serving model answers them, features, the logits), from
     one pass through the network. features: {"penultimate": pooled [N, D]} and, with `stages`, the
     output of the first STAGES pooling layers but the last (residual networks: before the stage's
-    residual block) as per channel mean and deviation over positions, {"stage_1": [N, 2C], ...}."""
+    residual block) as `_channel_statistics`, {"stage_1": [N, 2C], ...}."""
 
     def __init__(self, serving_model, *, stages=False):
         core, self.flip, temperature = classifier_parts(serving_model)
@@ -113,36 +113,40 @@ class FeatureClassifier:
         # the first STAGES (see STAGES).
         taps = [layer.output for layer in core.layers if isinstance(layer, keras.layers.MaxPooling2D)][:-1]
         self.stages = min(len(taps), STAGES) if stages else 0
-        self.network = keras.Model(core.inputs, [core.output, self.classifier.input, *taps[:self.stages]])
-        self.temperature = TemperatureScaling(temperature) if temperature is not None else None
         # A flattened feature map is pooled over its positions: Mahalanobis distances want one
         # vector per image whatever the object's position (Lee et al. pool each block the same way).
-        flatten = [layer for layer in core.layers if isinstance(layer, keras.layers.Flatten)]
-        self.channels = int(flatten[-1].input.shape[-1]) if flatten else None
+        # Pooled from the map itself, one op (its flattened copy would need reshaping first).
+        flatten = [layer for layer in core.layers if isinstance(layer, keras.layers.Flatten)
+                   and int(np.prod(layer.output.shape[1:])) == self.classifier.input.shape[-1]]
+        self.pooled = bool(flatten)
+        pooled_map = [layer.input for layer in flatten[-1:]]
+        self.network = keras.Model(core.inputs, [core.output, self.classifier.input, *pooled_map,
+                                                 *taps[:self.stages]])
+        self.temperature = TemperatureScaling(temperature) if temperature is not None else None
 
     def __call__(self, images):
-        probabilities, features, *maps = self.network(images, training=False)
-        statistics = [_channel_statistics(feature_map) for feature_map in maps]
+        probabilities, inputs, *features = self._outputs(images)
         if self.flip:
-            mirrored, mirrored_features, *mirrored_maps = self.network(tf.reverse(images, axis=[2]),
-                                                                       training=False)
-            probabilities = (probabilities + mirrored) / 2
-            features = (features + mirrored_features) / 2
-            statistics = [(own + _channel_statistics(other)) / 2
-                          for own, other in zip(statistics, mirrored_maps, strict=True)]
+            mirrored = self._outputs(tf.reverse(images, axis=[2]))
+            probabilities, inputs, *features = [(own + other) / 2 for own, other in zip(
+                [probabilities, inputs, *features], mirrored, strict=True)]
         if self.temperature is not None:
             probabilities = self.temperature(probabilities)
-        # Few, small ops: each one costs a prediction of one image a few microseconds.
-        logits = tf.matmul(features, self.classifier.kernel)
+        # Few, small ops: at batch 1 each one costs a prediction a few microseconds, whatever it computes.
+        logits = tf.matmul(inputs, self.classifier.kernel)
         if self.classifier.use_bias:
             logits = logits + self.classifier.bias
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale
-        if self.channels:
-            features = tf.reduce_mean(tf.reshape(features, [-1, features.shape[-1] // self.channels,
-                                                            self.channels]), axis=1)
-        stages = {f"stage_{number}": value for number, value in enumerate(statistics, start=1)}
-        return probabilities, {"penultimate": features, **stages}, logits
+        penultimate = features.pop(0) if self.pooled else inputs
+        stages = {f"stage_{number}": value for number, value in enumerate(features, start=1)}
+        return probabilities, {"penultimate": penultimate, **stages}, logits
+
+    def _outputs(self, images):
+        """[probabilities, the classifier's input, (pooled features,) each stage's statistics]."""
+        probabilities, inputs, *maps = self.network(images, training=False)
+        pooled = [tf.reduce_mean(maps.pop(0), axis=[1, 2])] if self.pooled else []
+        return [probabilities, inputs, *pooled, *(_channel_statistics(feature_map) for feature_map in maps)]
 
     def predict(self, images, batch_size=500):
         """numpy (probabilities, features, logits) for float32 images."""
@@ -155,9 +159,11 @@ class FeatureClassifier:
 
 
 def _channel_statistics(feature_map):
-    """[N, 2C]: each channel's mean and standard deviation over the positions of [N, H, W, C]."""
-    mean, variance = tf.nn.moments(feature_map, axes=[1, 2])
-    return tf.concat([mean, tf.sqrt(variance + 1e-6)], axis=1)
+    """[N, 2C]: the square roots of each channel's mean and mean square over the positions of [N, H, W, C],
+    a map of ReLU outputs (never negative). Four ops, where the mean and deviation of tf.nn.moments took
+    nine; on the quick cifar10 model, square roots flagged a little more foreign images than the mean
+    and deviation did and the moments themselves fewer (90.95 %, 90.64 %, 90.16 %; docs/training.md)."""
+    return tf.sqrt(tf.reduce_mean(tf.concat([feature_map, tf.square(feature_map)], axis=3), axis=[1, 2]))
 
 
 def components_for(light_on_dark):
@@ -225,22 +231,26 @@ def component_scores(score, images, features, logits):
         largest = tf.reduce_max(logits, axis=1, keepdims=True)
         scores["energy"] = -(largest[:, 0] + tf.math.log(tf.reduce_sum(tf.exp(logits - largest), axis=1)))
     if "mahalanobis" in score.standardization:
-        centered = tf.convert_to_tensor(features["penultimate"], tf.float32) - score.feature_mean
-        weights = tf.constant(np.concatenate([score.feature_projection, score.feature_cross], axis=1))
+        # For the centred features f: [f L, f C + offsets] = [x L, x C] - [m L, m C - offsets] for the raw x.
+        weights = np.concatenate([score.feature_projection, score.feature_cross], axis=1)
+        shift = score.feature_mean.astype(np.float64) @ weights - np.concatenate(
+            [np.zeros(score.feature_projection.shape[1]), score.class_offsets])
         k = score.feature_projection.shape[1]
-        combined = tf.matmul(centered, weights)
-        per_image = tf.reduce_sum(tf.square(combined[:, :k]), axis=1)
-        distances = per_image[:, None] + combined[:, k:] + score.class_offsets
-        scores["mahalanobis"] = tf.reduce_min(distances, axis=1)
+        projected, cross = tf.split(tf.matmul(features["penultimate"], weights) - shift.astype(np.float32),
+                                    [k, weights.shape[1] - k], axis=1)
+        # ||f L||² is the same for every class: the nearest class is the smallest of the rest.
+        scores["mahalanobis"] = tf.reduce_sum(tf.square(projected), axis=1) + tf.reduce_min(cross, axis=1)
     for stage, (mean, projection) in score.stage_gaussians.items():
         projected = tf.matmul(tf.convert_to_tensor(features[stage], tf.float32) - mean, projection)
         scores[stage] = tf.reduce_sum(tf.square(projected), axis=1)
     if "smoothness" in score.standardization:
         # Log mean absolute difference of neighbouring pixels: photos have texture; blurred, flat or
         # drawn frames have too little, noise too much (the two-sided part is in TWO_SIDED).
-        across = tf.reduce_mean(tf.abs(images[:, :, 1:] - images[:, :, :-1]), axis=[1, 2, 3])
-        down = tf.reduce_mean(tf.abs(images[:, 1:] - images[:, :-1]), axis=[1, 2, 3])
-        scores["smoothness"] = tf.math.log(across + down + 1e-3)
+        # One depthwise convolution takes both differences of every 2 × 2 window, in every channel.
+        differences = tf.nn.depthwise_conv2d(images, _NEIGHBOUR_DIFFERENCES[:, :, None, :]
+                                             * np.ones([1, 1, images.shape[-1], 1], np.float32),
+                                             strides=[1, 1, 1, 1], padding="VALID")
+        scores["smoothness"] = tf.math.log(tf.reduce_mean(tf.abs(differences), axis=[1, 2, 3]) + 1e-3)
     if "input_pca" in score.standardization:
         flat = tf.reshape(images, [tf.shape(images)[0], -1]) - score.input_mean
         reconstructed = tf.matmul(flat, score.input_basis)
@@ -249,41 +259,48 @@ def component_scores(score, images, features, logits):
     return scores
 
 
+# [2, 2, 2]: a 2 × 2 window's right neighbour minus its first pixel, and its lower neighbour minus it.
+_NEIGHBOUR_DIFFERENCES = np.array([[[-1, -1], [1, 0]], [[0, 1], [0, 0]]], np.float32)
+
+
 def empty_frames(score, images):
-    """float32 [N]: 1 where the frame is (nearly) constant or, light on dark, has almost no foreground."""
+    """bool [N]: where the frame is (nearly) constant or, light on dark, has almost no foreground."""
     # In every channel: a solid colour is empty too.
-    spread = tf.reduce_max(tf.reduce_max(images, axis=[1, 2]) - tf.reduce_min(images, axis=[1, 2]), axis=1)
-    empty = tf.cast(spread < MIN_RANGE, tf.float32)
+    axes = [1, 2, 3] if images.shape[-1] == 1 else [1, 2]  # one channel: no maximum over channels to take
+    spread = tf.reduce_max(images, axis=axes) - tf.reduce_min(images, axis=axes)
+    if images.shape[-1] != 1:
+        spread = tf.reduce_max(spread, axis=1)
+    empty = spread < MIN_RANGE
     if score.min_foreground_pixels:
         foreground = tf.reduce_sum(tf.cast(images > FOREGROUND_LEVEL, tf.float32), axis=[1, 2, 3])
-        empty = tf.maximum(empty, tf.cast(foreground < score.min_foreground_pixels, tf.float32))
+        empty = tf.logical_or(empty, foreground < score.min_foreground_pixels)
     return empty
 
 
 def ood_scores(score, images, features, logits):
-    """The score [N]: the combined standardized components, plus EMPTY_SCORE for an empty frame."""
-    return combine(score, standardized_components(score, images, features, logits)) + (
-        EMPTY_SCORE * empty_frames(score, images))
+    """The score [N]: the combined components, plus EMPTY_SCORE for an empty frame."""
+    combined = combine(score, oriented_components(score, images, features, logits))
+    return tf.where(empty_frames(score, images), combined + EMPTY_SCORE, combined)
 
 
-def standardized_components(score, images, features, logits):
-    """[N] per component, in standardization's order: standardized, TWO_SIDED ones as distances."""
-    return standardize(score, component_scores(score, images, features, logits))
+def oriented_components(score, images, features, logits):
+    """[N] per component, in standardization's order, as `orient` gives them."""
+    return orient(score, component_scores(score, images, features, logits))
 
 
-def standardize(score, components):
-    """`component_scores`' values standardized, a list in standardization's order."""
-    standardized = []
-    for name, (mean, deviation) in score.standardization.items():
-        value = (components[name] - np.float32(mean)) * np.float32(1 / deviation)
-        standardized.append(tf.abs(value) if name in TWO_SIDED else value)
-    return standardized
+def orient(score, components):
+    """`component_scores`' values as Fisher's method reads them, higher where less like the validation
+    images: as they are, TWO_SIDED ones as their distance from the validation images' mean. A list in
+    standardization's order. (p-values do not change when a component is scaled, so only the tail past
+    the largest validation value needs the deviation; `combine` applies it there.)"""
+    return [tf.abs(components[name] - np.float32(mean)) if name in TWO_SIDED else components[name]
+            for name, (mean, _) in score.standardization.items()]
 
 
-def combine(score, standardized, *, leave_out=False):
+def combine(score, oriented, *, leave_out=False):
     """[N]: Fisher's method, -sum(log p), with each component's p the share of validation images that
-    score at least as high (a lone component is answered as it is). A p-value puts every component on the
-    same scale whatever its tail's shape, so one component's strong evidence is not drowned out by
+    score at least as high (a lone component is answered standardized). A p-value puts every component
+    on the same scale whatever its tail's shape, so one component's strong evidence is not drowned out by
     the others' spread on in-distribution images: on the quick models it flagged more foreign images of
     every kind than the norm of the standardized components did, cifar10's photo negatives most
     (docs/training.md). Beyond the largest validation value, p keeps falling by a factor of e per standard
@@ -293,28 +310,34 @@ def combine(score, standardized, *, leave_out=False):
     reference holds; each one's p is read among the others, as a new image's would be. Counting itself
     would make every validation image look a little more typical, and a threshold set on them flag more
     than its target of new images where there are few (5.7 % for 5 % at 500 in simulation)."""
-    if len(standardized) == 1:
-        return standardized[0]
+    deviations = np.array([deviation for _, deviation in score.standardization.values()], np.float32)
+    if len(oriented) == 1:
+        (name, (mean, deviation)), = score.standardization.items()
+        centre = 0.0 if name in TWO_SIDED else mean
+        return (oriented[0] - np.float32(centre)) * np.float32(1 / deviation)
     if score.reference is None:
         raise ValueError("the score is not calibrated: combining components needs calibrate()'s reference")
-    values = tf.stack(standardized)  # [components, N]
-    reference = tf.constant(score.reference)
+    values = tf.stack(oriented)  # [components, N]
     count = score.reference.shape[1]
-    # One op for every component: the number of validation values below each image's.
-    below = tf.cast(tf.searchsorted(reference, values, side="left"), tf.float32)
-    largest = reference[:, -1:]
+    # One op for every component: the number of validation values below each image's. (The raw op:
+    # tf.searchsorted adds five ops that reshape its 2-D inputs to 2-D.)
+    below = tf.cast(tf.raw_ops.LowerBound(sorted_inputs=tf.constant(score.reference), values=values,
+                                          out_type=tf.int32), tf.float32)
+    largest = score.reference[:, -1:]  # numpy: a constant in the graph, not a slice to run
     if leave_out and count > 1:  # one validation image has no others to be read among
         # Among the other count - 1 values, count - below - 1 are at least as high (itself is not below
         # itself): p = (count - below) / count, and the tail starts at the others' largest.
-        largest = tf.where(values >= largest, reference[:, -2:-1], largest)
+        largest = tf.where(values >= largest, score.reference[:, -2:-1], largest)
     else:
         count += 1  # p = (count - below + 1) / (count + 1)
-    log_p = tf.math.log((count - below) / count) - tf.nn.relu(values - largest)
-    return -tf.reduce_sum(log_p, axis=0)
+    # -log p = log(count) - log(count - below), its constant part added once.
+    tail = tf.nn.relu((values - largest) * (1 / deviations[:, None]))
+    constant = np.float32(len(oriented) * np.log(count))
+    return constant - tf.reduce_sum(tf.math.log(count - below) - tail, axis=0)
 
 
 def calibrate(score, images, features, logits, *, split="validation"):
-    """Standardize each component on these in-distribution images and keep their standardized values as
+    """Standardize each component on these in-distribution images and keep their values (`orient`'s) as
     Fisher's reference, then set the threshold that flags TARGET_FLAG_RATE of them, each scored against
     the others (`combine`'s leave_out); answers the calibrated score. Its calibration records both that
     rate and the rate of the score as served, where each validation image counts itself."""
@@ -324,14 +347,14 @@ def calibrate(score, images, features, logits, *, split="validation"):
         values = np.asarray(components[name], np.float64)
         standardization[name] = (float(values.mean()), float(max(values.std(), 1e-6)))
     score = dataclasses.replace(score, standardization=standardization)
-    standardized = standardize(score, components)
-    reference = np.sort(np.stack([np.asarray(value) for value in standardized]), axis=1)
+    oriented = orient(score, components)
+    reference = np.sort(np.stack([np.asarray(value) for value in oriented]), axis=1)
     score = dataclasses.replace(score, reference=reference.astype(np.float32))
     # As ood_scores, from the components computed once: read among the others, and as served.
-    empty = EMPTY_SCORE * np.asarray(empty_frames(score, images))
-    scores = np.asarray(combine(score, standardized, leave_out=True)) + empty
+    empty = np.where(np.asarray(empty_frames(score, images)), EMPTY_SCORE, 0.0)
+    scores = np.asarray(combine(score, oriented, leave_out=True)) + empty
     threshold = float(np.quantile(scores[scores < EMPTY_SCORE / 2], 1 - TARGET_FLAG_RATE))
-    served = np.asarray(combine(score, standardized)) + empty
+    served = np.asarray(combine(score, oriented)) + empty
     return dataclasses.replace(score, threshold=threshold, calibration={
         "split": split, "images": int(len(scores)),
         "in_distribution_flag_rate": round(float(np.mean(scores > threshold)), 4),
