@@ -1,9 +1,8 @@
 """The in-process limit: the exported signature called directly, no server, no network.
 
 `python -m bench.inprocess --models-dir DIR --data-dir DIR --model mnist --seconds 3` prints one
-JSON line per batch size with images per second, then one per batch size with what the
-out-of-distribution score costs a call (bench/score_cost.py); a separate process, so the
-benchmark's own process never loads TensorFlow.
+JSON line per batch size with images per second; a separate process, so the benchmark's own process
+never loads TensorFlow. (What the out-of-distribution score costs a call: bench/score_cost.py.)
 """
 
 from __future__ import annotations
@@ -31,6 +30,11 @@ def images_per_second(signature, images: np.ndarray, seconds: float) -> float:
     return calls * len(images) / elapsed
 
 
+def latest_version(models_dir: Path, model: str) -> Path:
+    versions = [path for path in (models_dir / model).iterdir() if path.name.isdigit()]
+    return max(versions, key=lambda path: int(path.name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
@@ -43,8 +47,7 @@ def main() -> None:
     from bench.workload import load_workload
 
     workload = load_workload(args.model, args.data_dir, args.models_dir)
-    version = max(int(path.name) for path in (args.models_dir / args.model).iterdir() if path.name.isdigit())
-    signature = tf.saved_model.load(str(args.models_dir / args.model / str(version))).signatures[
+    signature = tf.saved_model.load(str(latest_version(args.models_dir, args.model))).signatures[
         "serving_default"
     ]
     images = workload.floats()
@@ -55,11 +58,6 @@ def main() -> None:
         print(
             json.dumps({"model": args.model, "batch_size": batch_size, "images_per_second": rate}), flush=True
         )
-    from bench import score_cost
-
-    version_dir = args.models_dir / args.model / str(version)
-    for row in score_cost.measure(version_dir, images, BATCH_SIZES, args.seconds):
-        print(json.dumps({"model": args.model, "score_cost": row}), flush=True)
 
 
 if __name__ == "__main__":

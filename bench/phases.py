@@ -52,18 +52,21 @@ def gateway_import_footprint() -> dict:
 def in_process_limit(
     name: str, models_dir: Path, data_dir: str, seconds: float
 ) -> tuple[dict[int, float], list[dict]]:
-    """Images/s per batch size, and the out-of-distribution score's cost rows (bench/score_cost.py)."""
+    """Images/s per batch size, and the out-of-distribution score's cost rows (bench/score_cost.py):
+    each in a process of its own, which the score's cost needs (its thread pools pinned to one thread)."""
     logger.info("%s: in-process limit", name)
-    output = subprocess.run(
-        [sys.executable, "-m", "bench.inprocess", "--models-dir", str(models_dir), "--data-dir", data_dir,
-         "--model", name, "--seconds", str(seconds)],
-        cwd=servers.ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=stack.model_server_environment(),  # the model server's, so the limit is the same model's
-    ).stdout
-    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    rows = []
+    for module in ("bench.inprocess", "bench.score_cost"):
+        output = subprocess.run(
+            [sys.executable, "-m", module, "--models-dir", str(models_dir), "--data-dir", data_dir,
+             "--model", name, "--seconds", str(seconds)],
+            cwd=servers.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=stack.model_server_environment(),  # the model server's, so the limit is the same model's
+        ).stdout
+        rows += [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     limits = {row["batch_size"]: row["images_per_second"] for row in rows if "images_per_second" in row}
     return limits, [row["score_cost"] for row in rows if "score_cost" in row]
 

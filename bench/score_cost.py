@@ -1,17 +1,27 @@
 """What the out-of-distribution score costs a prediction: the exported `serving_default` run with and
 without its `ood_score` output, CPU time per call at batch 1 and 32.
 
-TF Serving runs a signature's whole function whichever outputs a request asks for, so a version
-exported without the score is the only true "without". To compare the two from one export, the
-signature is frozen (its variables made constants, its functions inlined) and run in a TF1
-session — as TF Serving runs a graph: grappler-optimized, one intra-op thread as `make serve`
-gives the model server — fetching `probabilities` alone (the session prunes every op the score
-needs and the probabilities do not) or both. The other outputs' ops are few and small; their
+    python -m bench.score_cost --models-dir DIR --data-dir DIR --model mnist --seconds 3
+
+prints one JSON line per batch size. TF Serving runs a signature's whole function whichever outputs a
+request asks for, so a version exported without the score is the only true "without". To compare the
+two from one export, the signature is frozen (its variables made constants, its functions inlined)
+and run in a TF1 session — as TF Serving runs a graph: grappler-optimized, one intra-op thread as
+`make serve` gives the model server — fetching `probabilities` alone (the session prunes every op the
+score needs and the probabilities do not) or both. The other outputs' ops are few and small; their
 share of a call is what this measures.
+
+Its own process, whose thread pools are pinned before TensorFlow starts: a session's thread counts
+only size the process's pools if it is the first to start them, and loading a SavedModel starts them
+at one thread per core. Then Eigen splits a small matrix product across both cores of this machine,
+and the hand-over costs more than the product: the score's 1 × 128 by 128 × 138 product took 90 µs
+instead of 6 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
 
@@ -73,10 +83,25 @@ class FrozenSignature:
         self._session.close()
 
 
+def pin_threads() -> None:
+    """One intra-op and one inter-op thread for this process, before TensorFlow starts its pools."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # started already: fine only where it started with one thread
+        pass
+    if tf.config.threading.get_intra_op_parallelism_threads() != 1:
+        raise RuntimeError("TensorFlow's thread pools started before pin_threads(): measure the score's "
+                           "cost in a process of its own (python -m bench.score_cost)")
+
+
 def measure(version_dir: Path, images: np.ndarray, batch_sizes: tuple[int, ...], seconds: float,
             rounds: int = 5) -> list[dict]:
     """One row per batch size: CPU µs per call without and with the score (each the least of
     `rounds`, plain and scored taking turns), or [] where the version has no score output."""
+    pin_threads()
     signature = FrozenSignature(version_dir)
     try:
         if SCORE_KEY not in signature.output_keys:
@@ -94,3 +119,28 @@ def measure(version_dir: Path, images: np.ndarray, batch_sizes: tuple[int, ...],
         return rows
     finally:
         signature.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    pin_threads()  # before the workload's loader can start TensorFlow
+
+    from bench.inprocess import BATCH_SIZES, latest_version
+    from bench.workload import load_workload
+
+    images = load_workload(args.model, args.data_dir, args.models_dir).floats()
+    for row in measure(latest_version(args.models_dir, args.model), images, BATCH_SIZES, args.seconds,
+                       args.rounds):
+        print(json.dumps({"model": args.model, "score_cost": row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
