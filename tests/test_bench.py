@@ -144,7 +144,7 @@ def test_wrk_posts_pngs_the_gateway_accepts(gateway_url, workload):
 def test_score_cost_runs_the_export_with_and_without_its_score(models_dir, workload):
     import tensorflow as tf
 
-    from bench import score_cost
+    from bench import score_cost, servers
 
     version_dir = models_dir / "mnist" / "1"
     images = workload.floats()[:4]
@@ -162,12 +162,13 @@ def test_score_cost_runs_the_export_with_and_without_its_score(models_dir, workl
     assert without < with_score and len(with_score - without) >= 5
     frozen.close()
     # Timed in a process of its own, whose thread pools start with one thread.
-    output = subprocess.run(
+    measured = subprocess.run(
         [sys.executable, "-m", "bench.score_cost", "--models-dir", str(models_dir),
          "--data-dir", str(DATA_DIR), "--model", "mnist", "--seconds", "0.2", "--rounds", "1"],
-        capture_output=True, text=True, check=True, timeout=300,
-    ).stdout
-    rows = [json.loads(line)["score_cost"] for line in output.splitlines() if line.startswith("{")]
+        capture_output=True, text=True, timeout=300, cwd=servers.ROOT,
+    )
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    rows = [json.loads(line)["score_cost"] for line in measured.stdout.splitlines() if line.startswith("{")]
     assert [row["batch_size"] for row in rows] == [1, 32]
     assert all(row["plain_us"] > 0 and row["scored_us"] > 0 for row in rows)
 

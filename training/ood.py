@@ -30,7 +30,7 @@ from .models import FlipAveraging, TemperatureScaling
 # on glyphs); photos keep theirs.
 COMPONENTS = {"light_on_dark": ("energy", "mahalanobis"),
               "photo": ("energy", "mahalanobis", "smoothness", "stages")}
-TWO_SIDED = ("smoothness",)  # standardized components whose distance either way counts
+TWO_SIDED = ("smoothness",)  # components whose distance either way from the validation mean counts
 # Earlier stages scored ("stages"): the first only. On the quick cifar10 model stages 1-3 flagged 88.9 % of
 # foreign images on average and stage 1 alone 89.0 %, while each stage's ops cost a lone image's call
 # about 80 µs (docs/training.md).
@@ -111,17 +111,21 @@ class FeatureClassifier:
                                           if isinstance(layer, keras.layers.Rescaling)]))
         # The last pooling's output is what the penultimate features summarize already; of the others,
         # the first STAGES (see STAGES).
-        taps = [layer.output for layer in core.layers if isinstance(layer, keras.layers.MaxPooling2D)][:-1]
-        self.stages = min(len(taps), STAGES) if stages else 0
+        pooling = [layer for layer in core.layers if isinstance(layer, keras.layers.MaxPooling2D)][:-1]
+        self.stages = min(len(pooling), STAGES) if stages else 0
+        for layer in pooling[:self.stages]:  # _channel_statistics takes square roots of their means
+            if not isinstance(_producer(layer.input), keras.layers.ReLU):
+                raise ValueError(f"{layer.name}: stage statistics need a map of ReLU outputs to pool")
         # A flattened feature map is pooled over its positions: Mahalanobis distances want one
         # vector per image whatever the object's position (Lee et al. pool each block the same way).
         # Pooled from the map itself, one op (its flattened copy would need reshaping first).
-        flatten = [layer for layer in core.layers if isinstance(layer, keras.layers.Flatten)
-                   and int(np.prod(layer.output.shape[1:])) == self.classifier.input.shape[-1]]
-        self.pooled = bool(flatten)
-        pooled_map = [layer.input for layer in flatten[-1:]]
+        feeding = _producer(self.classifier.input)
+        while isinstance(feeding, keras.layers.Dropout):
+            feeding = _producer(feeding.input)
+        pooled_map = [feeding.input] if isinstance(feeding, keras.layers.Flatten) else []
+        self.pooled = bool(pooled_map)
         self.network = keras.Model(core.inputs, [core.output, self.classifier.input, *pooled_map,
-                                                 *taps[:self.stages]])
+                                                 *(layer.output for layer in pooling[:self.stages])])
         self.temperature = TemperatureScaling(temperature) if temperature is not None else None
 
     def __call__(self, images):
@@ -156,6 +160,11 @@ class FeatureClassifier:
                     for key in batches[0][1]}
         return (np.concatenate([np.asarray(batch[0]) for batch in batches]), features,
                 np.concatenate([np.asarray(batch[2]) for batch in batches]))
+
+
+def _producer(tensor):
+    """The layer whose output a symbolic Keras tensor is."""
+    return tensor._keras_history.operation
 
 
 def _channel_statistics(feature_map):
@@ -237,7 +246,8 @@ def component_scores(score, images, features, logits):
         shift = score.feature_mean.astype(np.float64) @ weights - np.concatenate(
             [np.zeros(score.feature_projection.shape[1]), score.class_offsets])
         k = score.feature_projection.shape[1]
-        projected, cross = tf.split(tf.matmul(features["penultimate"], weights) - shift.astype(np.float32),
+        penultimate = tf.convert_to_tensor(features["penultimate"], tf.float32)
+        projected, cross = tf.split(tf.matmul(penultimate, weights) - shift.astype(np.float32),
                                     [k, weights.shape[1] - k], axis=1)
         # ||f L||² is the same for every class: the nearest class is the smallest of the rest.
         scores["mahalanobis"] = tf.reduce_sum(tf.square(projected), axis=1) + tf.reduce_min(cross, axis=1)
