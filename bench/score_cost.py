@@ -98,9 +98,11 @@ def pin_threads() -> None:
 
 
 def measure(version_dir: Path, images: np.ndarray, batch_sizes: tuple[int, ...], seconds: float,
-            rounds: int = 5) -> list[dict]:
-    """One row per batch size: CPU µs per call without and with the score (each the least of
-    `rounds`, plain and scored taking turns), or [] where the version has no score output."""
+            rounds: int = 20) -> list[dict]:
+    """One row per batch size: CPU µs per call without the score (the median of `rounds`) and with it
+    (that plus the median of the rounds' differences, plain and scored taking turns), or [] where the
+    version has no score output. Paired: a round that a neighbour on the machine slows, slows both;
+    the least of a few rounds, used before, scattered by ±100 µs at batch 1 (docs/benchmarks.md)."""
     pin_threads()
     signature = FrozenSignature(version_dir)
     try:
@@ -110,12 +112,12 @@ def measure(version_dir: Path, images: np.ndarray, batch_sizes: tuple[int, ...],
         rows = []
         for batch_size in batch_sizes:
             batch = np.resize(images, (batch_size, *images.shape[1:]))
-            timings: dict[str, list[float]] = {"plain": [], "scored": []}
+            plain_us, added_us = [], []
             for _ in range(rounds):
-                timings["plain"].append(cpu_microseconds(plain, batch, seconds / rounds / 2))
-                timings["scored"].append(cpu_microseconds(scored, batch, seconds / rounds / 2))
-            rows.append({"batch_size": batch_size, "plain_us": min(timings["plain"]),
-                         "scored_us": min(timings["scored"])})
+                plain_us.append(cpu_microseconds(plain, batch, seconds / rounds / 2))
+                added_us.append(cpu_microseconds(scored, batch, seconds / rounds / 2) - plain_us[-1])
+            rows.append({"batch_size": batch_size, "plain_us": float(np.median(plain_us)),
+                         "scored_us": float(np.median(plain_us) + np.median(added_us))})
         return rows
     finally:
         signature.close()
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     pin_threads()  # before the workload's loader can start TensorFlow
 

@@ -213,6 +213,11 @@ def test_report_shows_every_run_and_judges_the_goals():
     assert ("ood_score in the model at batch 1: 500 -> 560 CPU us per call (+12.0%); of the gateway path's "
             "2.00 CPU ms per request: +3.0%  goal <= 5%: met") in text
     assert "ood_score in the model at batch 32: 8000 -> 8400 CPU us per call (+5.0%)" in text
+    assert "ood_score at batch 1, of a lone request's (c=1)" not in text  # no c=1 run in this report
+    runs.results.append(LoadResult(report.GATEWAY, "mnist", 1, None, 100, 2.0, p50_ms=9, p95_ms=11,
+                                   server_cpu_ms=6.0))
+    assert ("ood_score at batch 1, of a lone request's (c=1) 6.00 CPU ms: +1.0%  (for reference; the goal "
+            "is judged at c=32)") in report.render(runs)
     assert "explain=true, one image at a time: p50 160.0 ms  goal <= 150 ms: MISSED" in text
     runs.score_cost["mnist"][0]["scored_us"] = 620.0
     assert "+6.0%  goal <= 5%: MISSED" in report.render(runs)
