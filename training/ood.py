@@ -275,10 +275,11 @@ def component_scores(score, images, features, logits):
 def empty_frames(score, images):
     """bool [N]: where the frame is (nearly) constant or, light on dark, has almost no foreground."""
     # In every channel: a solid colour is empty too.
-    axes = [1, 2, 3] if images.shape[-1] == 1 else [1, 2]  # one channel: no maximum over channels to take
-    spread = tf.reduce_max(images, axis=axes) - tf.reduce_min(images, axis=axes)
-    if images.shape[-1] != 1:
-        spread = tf.reduce_max(spread, axis=1)
+    if images.shape[-1] == 1:  # one channel: no maximum over channels to take
+        spread = tf.reduce_max(images, axis=[1, 2, 3]) - tf.reduce_min(images, axis=[1, 2, 3])
+    else:
+        spread = tf.reduce_max(tf.reduce_max(images, axis=[1, 2]) - tf.reduce_min(images, axis=[1, 2]),
+                               axis=1)
     empty = spread < MIN_RANGE
     if score.min_foreground_pixels:
         foreground = tf.reduce_sum(tf.cast(images > FOREGROUND_LEVEL, tf.float32), axis=[1, 2, 3])
@@ -319,7 +320,6 @@ def combine(score, oriented, *, leave_out=False):
     reference holds; each one's p is read among the others, as a new image's would be. Counting itself
     would make every validation image look a little more typical, and a threshold set on them flag more
     than its target of new images where there are few (5.7 % for 5 % at 500 in simulation)."""
-    deviations = np.array([deviation for _, deviation in score.standardization.values()], np.float32)
     if len(oriented) == 1:
         (name, (mean, deviation)), = score.standardization.items()
         centre = 0.0 if name in TWO_SIDED else mean
@@ -340,7 +340,8 @@ def combine(score, oriented, *, leave_out=False):
     else:
         count += 1  # p = (count - below + 1) / (count + 1)
     # -log p = log(count) - log(count - below), its constant part added once.
-    tail = tf.nn.relu((values - largest) * (1 / deviations[:, None]))
+    deviations = np.array([[deviation] for _, deviation in score.standardization.values()], np.float32)
+    tail = tf.nn.relu((values - largest) * (1 / deviations))
     constant = np.float32(len(oriented) * np.log(count))
     return constant - tf.reduce_sum(tf.math.log(count - below) - tail, axis=0)
 
