@@ -146,7 +146,7 @@ def main() -> int:
     batching_flags = stack.batching_flags(args.batching_parameters)
     tutorial_results: list[LoadResult] = []  # measured in turns with the gateway's runs
     with servers.model_server(
-        config_file, logs / "server-batching.log", *batching_flags, *args.server_flags
+        config_file, logs / "server-batching.log", *batching_flags, *args.server_flags, metrics=True
     ) as server:
         for workload in workloads.values():
             first = phases.first_request_latency(server.target, workload, warmup="on")

@@ -132,14 +132,29 @@ def grpc_half_saturation(args, result: report.Report, target: str, pid: int, wor
         result.results.append(with_cpu([pid], run))
 
 
+def with_batches(processed_batches: Callable[[], tuple[float, float]] | None,
+                 run: Callable[[], LoadResult]) -> LoadResult:
+    """Run a load; record the mean batch the model server ran meanwhile, from its (images, batches)."""
+    if processed_batches is None:
+        return run()
+    images, batches = processed_batches()
+    result = run()
+    after_images, after_batches = processed_batches()
+    if after_batches > batches:
+        result.mean_batch_size = (after_images - images) / (after_batches - batches)
+    return result
+
+
 def http_runs(
-    args, targets: list[tuple[str, str, list[int]]], workload: Workload, wrk: str | None
+    args, targets: list[tuple[str, str, list[int]]], workload: Workload, wrk: str | None,
+    batches: dict[str, Callable[[], tuple[float, float]]] | None = None,
 ) -> list[list[LoadResult]]:
     """The HTTP loads at each concurrency against every (label, url, pids) target, each target's
     best of `args.rounds`; the targets take turns round by round, so that a machine that slows
     down or speeds up meanwhile weighs on each of them alike. Each measured run follows a
     second of the same load, unmeasured: a server whose caches the other one's run evicted
-    starts warm, as the gRPC runs do. One list of results per target."""
+    starts warm, as the gRPC runs do. One list of results per target. `batches`: per label, the
+    model server's (images, batches) so far, to record each run's mean batch (`with_batches`)."""
     bodies = workload.multipart_bodies()
     results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:
@@ -156,7 +171,8 @@ def http_runs(
                     )
                 options = {"label": label, "model": workload.model}
                 run(WARMUP_SECONDS, **options)
-                rounds[index].append(with_cpu(pids, partial(run, args.seconds, **options)))
+                timed = partial(with_cpu, pids, partial(run, args.seconds, **options))
+                rounds[index].append(with_batches((batches or {}).get(label), timed))
         for index, measured in enumerate(rounds):
             results[index].append(max(measured, key=lambda result: result.throughput))  # as best_of
     return results
@@ -191,7 +207,10 @@ def run_gateway(
                         servers.tutorial_app(workload, models_dir, logs, args.tutorial_layout)
                     )
                     targets.append((report.TUTORIAL, tutorial_url, tutorial_pids))
-                measured = http_runs(args, targets, workload, wrk)
+                # The model server's batches during the gateway's runs: the score's cost per image at
+                # the batch it ran (bench/report.py).
+                counters = {report.GATEWAY: server.processed_batches} if server.metrics_url else None
+                measured = http_runs(args, targets, workload, wrk, counters)
             result.results.extend(measured[0])
             if len(measured) > 1:
                 tutorial_results.extend(measured[1])

@@ -1,5 +1,6 @@
 """What the out-of-distribution score costs a prediction: the exported `serving_default` run with and
-without its `ood_score` output, CPU time per call at batch 1 and 32.
+without its `ood_score` output, CPU time per call at batch sizes from 1 to 32 (the model server batches
+what is queued; bench/report.py reads the cost at the batch it ran).
 
     python -m bench.score_cost --models-dir DIR --data-dir DIR --model mnist --seconds 3
 
@@ -29,6 +30,7 @@ import numpy as np
 
 SCORE_KEY = "ood_score"
 OUTPUT_KEY = "probabilities"
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
 def cpu_microseconds(run, images: np.ndarray, seconds: float) -> float:
@@ -135,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     pin_threads()  # before the workload's loader can start TensorFlow
 
-    from bench.inprocess import BATCH_SIZES, latest_version
+    from bench.inprocess import latest_version
     from bench.workload import load_workload
 
     images = load_workload(args.model, args.data_dir, args.models_dir).floats()

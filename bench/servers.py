@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.processes import process_tree
 from bench.workload import MULTIPART_CONTENT_TYPE, Workload
 from serving import stack
@@ -26,6 +28,8 @@ logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 # What each process of the tutorial app prints once its model is loaded (bench/tutorial_app.py).
 TUTORIAL_LOADED = "tutorial app: model loaded"
+METRICS_PATH = "/monitoring/prometheus/metrics"  # serving/config/monitoring.config's
+PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
 
 
 def ensure_models(names: list[str], models_dir: Path, fallback_dir: Path, data_dir: str) -> Path:
@@ -58,19 +62,28 @@ def write_model_config(names: list[str], models_dir: Path, path: Path) -> Path:
 
 
 class model_server:  # noqa: N801 - used as a context manager, reads like one
-    """The embedded model server on a free port, for the length of a `with` block."""
+    """The embedded model server on a free port, for the length of a `with` block. `metrics`: with its
+    REST port and Prometheus page too (`processed_batches`)."""
 
-    def __init__(self, config_file: Path, log_path: Path, *flags: str) -> None:
-        self.config_file, self.log_path, self.flags = config_file, log_path, flags
+    def __init__(self, config_file: Path, log_path: Path, *flags: str, metrics: bool = False) -> None:
+        self.config_file, self.log_path, self.flags, self.metrics = config_file, log_path, flags, metrics
+        self.metrics_url: str | None = None
 
     def __enter__(self) -> model_server:
         port = stack.free_port()
         logger.info("starting the model server %s", " ".join(self.flags))
         self.log = self.log_path.open("w")
+        monitoring = []
+        if self.metrics:
+            rest_port = stack.free_port()
+            self.metrics_url = f"http://127.0.0.1:{rest_port}{METRICS_PATH}"
+            monitoring = [f"--rest_api_port={rest_port}",
+                          f"--monitoring_config_file={ROOT / 'serving' / 'config' / 'monitoring.config'}"]
         self.process = stack.start_model_server(
             port,
             self.config_file,
             "--file_system_poll_wait_seconds=0",
+            *monitoring,
             *self.flags,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -84,6 +97,18 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
     def __exit__(self, *exc_info: object) -> None:
         stack.stop(self.process)
         self.log.close()
+
+    def processed_batches(self) -> tuple[float, float]:
+        """(images, batches) the server's batching has run so far, every model's together: TF Serving's
+        processed_batch_size histogram, as its Prometheus page shows it."""
+        if self.metrics_url is None:
+            raise RuntimeError("started without metrics=True: no Prometheus page to read")
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                  if family.name == PROCESSED_BATCH_SIZE for sample in family.samples}
+        return (values.get(f"{PROCESSED_BATCH_SIZE}_sum", 0.0),
+                values.get(f"{PROCESSED_BATCH_SIZE}_count", 0.0))
 
 
 @contextlib.contextmanager

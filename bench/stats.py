@@ -28,6 +28,8 @@ class LoadResult:
     # Share of the machine's cores that other processes (or the hypervisor, as steal) used during
     # the run: what the measured processes and the load generator could not use (bench.cpu).
     other_cpu_share: float = float("nan")
+    # Images per batch the model server's batching ran during the run (gateway rows; bench.phases).
+    mean_batch_size: float = float("nan")
 
     @property
     def throughput(self) -> float:
