@@ -132,29 +132,29 @@ def grpc_half_saturation(args, result: report.Report, target: str, pid: int, wor
         result.results.append(with_cpu([pid], run))
 
 
-def with_batches(processed_batches: Callable[[], tuple[float, float]] | None,
+def with_batches(processed_batches: Callable[[], servers.Batches] | None,
                  run: Callable[[], LoadResult]) -> LoadResult:
-    """Run a load; record the mean batch the model server ran meanwhile, from its (images, batches)."""
+    """Run a load; record the batches the model server ran meanwhile (read outside the timed run)."""
     if processed_batches is None:
         return run()
-    images, batches = processed_batches()
+    before = processed_batches()
     result = run()
-    after_images, after_batches = processed_batches()
-    if after_batches > batches:
-        result.mean_batch_size = (after_images - images) / (after_batches - batches)
+    counts, images = processed_batches().since(before)
+    if counts and images > 0:
+        result.batch_counts, result.mean_batch_size = counts, images / sum(counts.values())
     return result
 
 
 def http_runs(
     args, targets: list[tuple[str, str, list[int]]], workload: Workload, wrk: str | None,
-    batches: dict[str, Callable[[], tuple[float, float]]] | None = None,
+    batches: dict[str, Callable[[], servers.Batches]] | None = None,
 ) -> list[list[LoadResult]]:
     """The HTTP loads at each concurrency against every (label, url, pids) target, each target's
     best of `args.rounds`; the targets take turns round by round, so that a machine that slows
     down or speeds up meanwhile weighs on each of them alike. Each measured run follows a
     second of the same load, unmeasured: a server whose caches the other one's run evicted
-    starts warm, as the gRPC runs do. One list of results per target. `batches`: per label, the
-    model server's (images, batches) so far, to record each run's mean batch (`with_batches`)."""
+    starts warm, as the gRPC runs do. One list of results per target. `batches`: per label, what the
+    model server's batching has run so far, to record each run's batches (`with_batches`)."""
     bodies = workload.multipart_bodies()
     results: list[list[LoadResult]] = [[] for _ in targets]
     for concurrency in args.http_concurrency:

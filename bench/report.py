@@ -149,65 +149,67 @@ def ratio_lines(report: Report) -> list[str]:
 def score_cost_lines(report: Report, model: str) -> list[str]:
     """The out-of-distribution score's share of the model's CPU per call, and of the whole gateway path's.
 
-    Judged at c=32, where the model server batches what is queued: the score's extra CPU per image at the
-    mean batch the server ran during the gateway's run, against that run's CPU per request. A lone image's
-    extra CPU against the same run is printed as an upper bound (before the server's batches were
-    recorded, the goal was judged on it), and against one request at a time (c=1) for reference."""
+    Judged at c=32, where the model server batches what is queued: the score's extra CPU per image over
+    the batches the server ran during the gateway's run (each at its size bucket's upper bound: a little
+    high), against that run's CPU per request without it. A lone image's extra CPU against the same run
+    is printed as the upper bound it was judged on before the server's batches were recorded, and
+    against one request at a time (c=1) for reference."""
     rows = sorted(report.score_cost.get(model, []), key=lambda row: row["batch_size"])
     if not rows:
         return []
     lines = []
-    for row in rows[:1] + rows[1:][-1:]:  # the smallest batch and the largest
-        growth = (row["scored_us"] - row["plain_us"]) / row["plain_us"]
+    for row in [rows[0], rows[-1]] if len(rows) > 1 else rows:
         lines.append(
             f"{model:<8} ood_score in the model at batch {row['batch_size']}: {row['plain_us']:.0f} -> "
-            f"{row['scored_us']:.0f} CPU us per call ({growth:+.1%})"
+            f"{row['scored_us']:.0f} CPU us per call ({added_us(row) / row['plain_us']:+.1%})"
         )
     if len(rows) > 2:
-        lines.append(
-            f"{model:<8} ood_score per image at batch "
-            + ", ".join(str(row["batch_size"]) for row in rows) + ": "
-            + ", ".join(f"{(row['scored_us'] - row['plain_us']) / row['batch_size']:+.0f}" for row in rows)
-            + " CPU us"
-        )
+        sizes = ", ".join(str(row["batch_size"]) for row in rows)
+        costs = ", ".join(f"{added_us(row) / row['batch_size']:+.0f}" for row in rows)
+        lines.append(f"{model:<8} ood_score per image at batch {sizes}: {costs} CPU us")
+
+    def share(extra_us: float, cpu_ms: float) -> float:
+        """Of a prediction's CPU without the score (the run's CPU per request holds it)."""
+        return extra_us / (cpu_ms * 1000 - extra_us)
+
+    def verdict(value: float) -> str:
+        return f"goal <= {SCORE_COST_GOAL:.0%}: {'met' if value <= SCORE_COST_GOAL else 'MISSED'}"
+
     gateway, lone = report.find(GATEWAY, model, 32), report.find(GATEWAY, model, 1)
-    single = next((row for row in rows if row["batch_size"] == 1), None)
-    single_us = single["scored_us"] - single["plain_us"] if single else None
-
-    def verdict(share: float) -> str:
-        return f"goal <= {SCORE_COST_GOAL:.0%}: {'met' if share <= SCORE_COST_GOAL else 'MISSED'}"
-
+    single = next((added_us(row) for row in rows if row["batch_size"] == 1), None)
     if gateway and gateway.server_cpu_ms > 0:  # NaN: not measured
-        cpu_ms, batch = gateway.server_cpu_ms, gateway.mean_batch_size
-        if not math.isnan(batch):
-            per_image = added_per_call(rows, batch) / batch
+        cpu_ms, counts, mean_batch = gateway.server_cpu_ms, gateway.batch_counts, gateway.mean_batch_size
+        if counts:
+            extra = sum(count * added_per_call(rows, size) for size, count in counts.items())
+            per_image = extra / (mean_batch * sum(counts.values()))
             lines.append(
-                f"{model:<8} ood_score at c=32, in the model server's batches of {batch:.1f} images on "
+                f"{model:<8} ood_score at c=32, in the model server's batches of {mean_batch:.1f} images on "
                 f"average: {per_image:+.0f} CPU us per image, of the gateway path's {cpu_ms:.2f} CPU ms per "
-                f"request: {per_image / 1000 / cpu_ms:+.1%}  {verdict(per_image / 1000 / cpu_ms)}"
+                f"request: {share(per_image, cpu_ms):+.1%}  {verdict(share(per_image, cpu_ms))}"
             )
-        if single_us is not None:
-            # As if each request ran alone at c=32, where the server batches: the harshest pairing, judged
-            # only where the server's batches were not recorded.
-            share = single_us / 1000 / cpu_ms
+        if single is not None:
+            # As if each request ran alone at c=32, where the server batches: the harshest pairing.
             lines.append(
                 f"{model:<8} ood_score at batch 1, of the gateway path's {cpu_ms:.2f} CPU ms per request at "
-                f"c=32: {share:+.1%}  "
-                + (verdict(share) if math.isnan(batch) else "(an upper bound, for reference)")
+                f"c=32: {share(single, cpu_ms):+.1%}  "
+                + ("(an upper bound, for reference)" if counts else verdict(share(single, cpu_ms)))
             )
-    if single_us is not None and lone and lone.server_cpu_ms > 0:
+    if single is not None and lone and lone.server_cpu_ms > 0:
         lines.append(
-            f"{model:<8} ood_score at batch 1, of a lone request's (c=1) "
-            f"{lone.server_cpu_ms:.2f} CPU ms: {single_us / 1000 / lone.server_cpu_ms:+.1%}  "
-            "(for reference; the goal is judged at c=32)"
+            f"{model:<8} ood_score at batch 1, of a lone request's (c=1) {lone.server_cpu_ms:.2f} CPU ms: "
+            f"{share(single, lone.server_cpu_ms):+.1%}  (for reference; the goal is judged at c=32)"
         )
     return lines
 
 
+def added_us(row: dict) -> float:
+    """A bench/score_cost.py row's extra CPU µs per call."""
+    return row["scored_us"] - row["plain_us"]
+
+
 def added_per_call(rows: list[dict], batch: float) -> float:
-    """The score's extra CPU µs per call at a (mean) batch size, linear between the measured ones."""
-    sizes = [row["batch_size"] for row in rows]
-    added = [row["scored_us"] - row["plain_us"] for row in rows]
+    """The score's extra CPU µs per call at a batch size, linear between the measured ones."""
+    sizes, added = [row["batch_size"] for row in rows], [added_us(row) for row in rows]
     if batch <= sizes[0]:
         return added[0] * batch / sizes[0]
     for size, next_size, cost, next_cost in zip(sizes, sizes[1:], added, added[1:], strict=False):

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL_LOADED = "tutorial app: model loaded"
 METRICS_PATH = "/monitoring/prometheus/metrics"  # serving/config/monitoring.config's
 PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+PADDING_SIZE = ":tensorflow:serving:batching_session:padding_size"
 
 
 def ensure_models(names: list[str], models_dir: Path, fallback_dir: Path, data_dir: str) -> Path:
@@ -91,6 +93,16 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
         )
         names = stack.model_names_in_config(self.config_file)
         stack.wait_for_models(f"127.0.0.1:{port}", names, self.process, timeout=300)
+        if self.metrics_url:  # its REST port opens beside gRPC's: fail here, not in a later phase
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    self.processed_batches()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         self.target, self.pid = f"127.0.0.1:{port}", self.process.pid
         return self
 
@@ -98,17 +110,42 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
         stack.stop(self.process)
         self.log.close()
 
-    def processed_batches(self) -> tuple[float, float]:
-        """(images, batches) the server's batching has run so far, every model's together: TF Serving's
-        processed_batch_size histogram, as its Prometheus page shows it."""
+    def processed_batches(self) -> Batches:
+        """What the server's batching has run so far, every model's together (TF Serving's histograms, as
+        its Prometheus page shows them)."""
         if self.metrics_url is None:
             raise RuntimeError("started without metrics=True: no Prometheus page to read")
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             text = response.read().decode()
-        values = {sample.name: sample.value for family in text_string_to_metric_families(text)
-                  if family.name == PROCESSED_BATCH_SIZE for sample in family.samples}
-        return (values.get(f"{PROCESSED_BATCH_SIZE}_sum", 0.0),
-                values.get(f"{PROCESSED_BATCH_SIZE}_count", 0.0))
+        samples = [sample for family in text_string_to_metric_families(text)
+                   if family.name in (PROCESSED_BATCH_SIZE, PADDING_SIZE) for sample in family.samples]
+        return Batches(
+            sizes={float(sample.labels["le"]): sample.value for sample in samples
+                   if sample.name == f"{PROCESSED_BATCH_SIZE}_bucket"},
+            rows=sum(sample.value for sample in samples if sample.name == f"{PROCESSED_BATCH_SIZE}_sum"),
+            padding=sum(sample.value for sample in samples if sample.name == f"{PADDING_SIZE}_sum"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """The batches a model server ran: cumulative counts by size (rows, padding included; the histogram's
+    bucket bounds 1, 2, 4, ...), their rows, and the padding rows among them."""
+
+    sizes: dict[float, float]
+    rows: float
+    padding: float
+
+    def since(self, earlier: Batches) -> tuple[dict[int, int], float]:
+        """({bucket bound: batches} run since `earlier`, the images in them less padding)."""
+        bounds = sorted(self.sizes)
+        cumulative = [self.sizes[bound] - earlier.sizes.get(bound, 0.0) for bound in bounds]
+        counts = {}
+        for index, bound in enumerate(bounds):
+            count = cumulative[index] - (cumulative[index - 1] if index else 0.0)
+            if count:  # +Inf holds none: max_execution_batch_size is far below the largest bound
+                counts[int(bound) if math.isfinite(bound) else int(bounds[-2])] = int(count)
+        return counts, (self.rows - earlier.rows) - (self.padding - earlier.padding)
 
 
 @contextlib.contextmanager

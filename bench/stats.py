@@ -28,7 +28,9 @@ class LoadResult:
     # Share of the machine's cores that other processes (or the hypervisor, as steal) used during
     # the run: what the measured processes and the load generator could not use (bench.cpu).
     other_cpu_share: float = float("nan")
-    # Images per batch the model server's batching ran during the run (gateway rows; bench.phases).
+    # The batches the model server's batching ran during the run (gateway rows; bench.phases.with_batches):
+    # how many of each size bucket (by its upper bound, padding included), and images per batch.
+    batch_counts: dict[int, int] = field(default_factory=dict)
     mean_batch_size: float = float("nan")
 
     @property
