@@ -94,15 +94,7 @@ class model_server:  # noqa: N801 - used as a context manager, reads like one
         names = stack.model_names_in_config(self.config_file)
         stack.wait_for_models(f"127.0.0.1:{port}", names, self.process, timeout=300)
         if self.metrics_url:  # its REST port opens beside gRPC's: fail here, not in a later phase
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    self.processed_batches()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            stack.wait_for_http(self.metrics_url, self.process, timeout=30, parse=bytes.decode)
         self.target, self.pid = f"127.0.0.1:{port}", self.process.pid
         return self
 
@@ -143,7 +135,9 @@ class Batches:
         counts = {}
         for index, bound in enumerate(bounds):
             count = cumulative[index] - (cumulative[index - 1] if index else 0.0)
-            if count:  # +Inf holds none: max_execution_batch_size is far below the largest bound
+            # A batch past the largest finite bound counts at that bound; none is expected, since
+            # max_execution_batch_size is far below it.
+            if count:
                 counts[int(bound) if math.isfinite(bound) else int(bounds[-2])] = int(count)
         return counts, (self.rows - earlier.rows) - (self.padding - earlier.padding)
 

@@ -109,15 +109,15 @@ def wait_for_models(target: str, names: list[str], process: subprocess.Popen, ti
             time.sleep(0.2)
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> dict:
-    """Block until `url` answers 200; return its JSON."""
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60, parse=json.loads):
+    """Block until `url` answers 200 with a body `parse` accepts (JSON unless told); return it parsed."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with status {process.returncode}")
+            raise RuntimeError(f"{url}'s server exited with status {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return json.loads(response.read())
+                return parse(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s") from None
