@@ -182,7 +182,8 @@ def build_parser():
                           default="full_frame", help="how the gateway reframes uploads (default full_frame)")
     imported.add_argument("--image-size", type=int,
                           help="the input's side, for a model whose input size is not fixed")
-    imported.add_argument("--data", help="a folder with one sub-folder of images per class: evaluate on it")
+    imported.add_argument("--data", help="a folder with one sub-folder of images per class: evaluate on it "
+                          "(and, from 100 images, calibrate an out-of-distribution threshold on half)")
     imported.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
     imported.set_defaults(handler=import_command)
 

@@ -163,9 +163,14 @@ def _serving_module(model, spec, asset_source, ood_score=None):
     else:
         (asset_source / ood.ASSET).write_text(json.dumps(ood_score.asset(), indent=2) + "\n")
         module.ood = tf.saved_model.Asset(str(asset_source / ood.ASSET))
-        # The same network, its penultimate features taken on the way: the probabilities are the
-        # model's own, and the score costs a few small matrix products more.
-        classifier = ood.FeatureClassifier(model, stages=bool(ood_score.stage_gaussians))
+        if ood.needs_features(ood_score):
+            # The same network, its penultimate features taken on the way: the probabilities are the
+            # model's own, and the score costs a few small matrix products more.
+            classifier = ood.FeatureClassifier(model, stages=bool(ood_score.stage_gaussians))
+        else:  # an imported model: its answers are all the score reads
+            def classifier(images):
+                probabilities = model(images, training=False)
+                return probabilities, {"probabilities": probabilities}, None
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(images):

@@ -1,7 +1,8 @@
 """Import a classifier trained elsewhere (a .keras file or a SavedModel folder) as a new version of a
 model: wrapped into the serving contract (`images` float32 [N, H, W, C] in [0, 1] -> `probabilities`),
 checked on a few inputs, and exported like a trained version (labels, preprocessing spec, explain
-signature, warmup requests; with a folder of labelled images, an evaluation report).
+signature, warmup requests; with a folder of labelled images, an evaluation report and an
+out-of-distribution score read from the model's answers, its threshold calibrated on half the folder).
 """
 
 import datetime
@@ -14,15 +15,19 @@ import tensorflow as tf
 
 from serving.model_config import register_model
 
+from . import ood
 from .datasets import DatasetSpec, check_model_name
-from .export import export_model
+from .export import ExportedModel, export_model, preprocessing_spec
 from .folders import check_image_size, read_test_folder
+from .foreign_images import as_served
 from .metrics import classification_metrics
+from .ood_report import evaluate_ood
 from .report import (
     CONFUSION_MATRIX,
     RELIABILITY,
     directory_size,
     measure_latency,
+    out_of_distribution_section,
     plot_confusion_matrix,
     plot_reliability,
 )
@@ -30,6 +35,12 @@ from .train import PIXEL_SCALE
 
 # A probability row sums to 1 give or take float32 rounding (and a softmax in float16).
 SUM_TOLERANCE = 1e-3
+# With --data, every image measures the accuracy; every other one (a fixed shuffle) calibrates the
+# out-of-distribution threshold and the rest measure it, as a trained model's validation and test splits.
+# Fewer calibration images than this and no score: a component's p-value is never below 1 / (n + 1), so
+# with few images far-off inputs score little above typical ones (with 30, a threshold of 4.0 let uniform
+# noise through at 3.5), and a 5 % threshold rests on one or two images.
+MIN_CALIBRATION_IMAGES = 50
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +50,9 @@ class ModelImportError(ValueError):
 
 
 def import_model(name, model_path, labels_path, *, models_dir="models", preprocessing="full_frame", data=None,
-                 image_size=None, latency_runs=50):
-    """Check and export `model_path` as the next version of model `name`; returns the version directory."""
+                 image_size=None, latency_runs=50, ood_images=500):
+    """Check and export `model_path` as the next version of model `name`; returns the version directory.
+    `ood_images`: foreign images of each kind for the report's out-of-distribution table."""
     check_model_name(name)
     classes = read_labels(labels_path)
     model = load_classifier(model_path)
@@ -56,9 +68,18 @@ def import_model(name, model_path, labels_path, *, models_dir="models", preproce
         "imported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    report = None
+    report = ood_score = None
     if data is not None:
         images, labels, summary = read_test_folder(data, spec)
+        order = np.random.default_rng(0).permutation(len(images))
+        calibration, held_out = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+        if len(calibration) >= MIN_CALIBRATION_IMAGES:
+            ood_score = fit_answer_score(model, spec, images[calibration])
+            metadata.update({"ood_threshold": ood_score.threshold, "ood_calibration": ood_score.calibration,
+                             "ood_method": ood.method_name(ood_score.standardization)})
+        else:
+            logger.info("%s: %d images in %s, fewer than %d to calibrate an out-of-distribution threshold "
+                        "on: exported without a score", name, len(images), data, 2 * MIN_CALIBRATION_IMAGES)
         inputs = images.astype(np.float32) / PIXEL_SCALE
         probabilities = np.asarray(model.predict(inputs, batch_size=256, verbose=0))
         metadata.update(summary)
@@ -72,12 +93,30 @@ def import_model(name, model_path, labels_path, *, models_dir="models", preproce
         })
 
         def report(staging, record):
+            if ood_score is not None:
+                exported = ExportedModel(staging)
+                record = {**record, "out_of_distribution": evaluate_ood(
+                    exported, spec, exported.preprocessing, ood_score.threshold, count=ood_images,
+                    test_set=(images[held_out], labels[held_out]))}
             return write_import_report(staging, record, probabilities, labels, latency_runs)
 
-    version_dir = export_model(model, name, models_dir, metadata=metadata, dataset=spec, add_report=report)
+    version_dir = export_model(model, name, models_dir, metadata=metadata, dataset=spec, add_report=report,
+                               ood_score=ood_score)
     logger.info("%s: imported %s as %s", name, model_path, version_dir)
     register_model(models_dir, name)  # models.config lists it: a running `make serve` picks it up
     return version_dir
+
+
+def fit_answer_score(model, spec, images):
+    """The out-of-distribution score of a model known only by its answers (ood.ANSWER_COMPONENTS),
+    fitted and calibrated on `images` (uint8) as the gateway preprocesses them."""
+    inputs = as_served(images, preprocessing_spec(spec))
+    features = {"probabilities": np.asarray(model.predict(inputs, batch_size=256, verbose=0))}
+    score = ood.fit_ood_score(features, None, inputs, len(spec.classes), light_on_dark=spec.light_on_dark,
+                              components=ood.components_for(spec.light_on_dark, answers_only=True))
+    score = ood.calibrate(score, inputs, features, None, split="calibration")
+    logger.info("%s: out-of-distribution threshold %.4g, %s", spec.name, score.threshold, score.calibration)
+    return score
 
 
 def read_labels(path):
@@ -207,7 +246,8 @@ def write_import_report(version_dir, record, probabilities, labels, latency_runs
         f"# {record['model']}: evaluation report",
         "",
         f"Imported {record['imported_at']} from `{record['imported_from']}`, measured on every image of "
-        f"`{record['data']}`.",
+        f"`{record['data']}`" + (" (the out-of-distribution threshold calibrated on half of them, measured "
+                                 "on the other half)." if "out_of_distribution" in record else "."),
         "",
         "| | |",
         "| --- | --- |",
@@ -228,6 +268,7 @@ def write_import_report(version_dir, record, probabilities, labels, latency_runs
         "",
         f"![reliability diagram](assets.extra/{RELIABILITY})",
         "",
+        *out_of_distribution_section(record),
     ]
     (Path(version_dir) / "REPORT.md").write_text("\n".join(lines), encoding="utf-8")
     return record

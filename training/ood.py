@@ -12,7 +12,9 @@ validation images', summed as -log (`combine`). The input's residual off its pri
 ("input_pca") can be added; it measured worse. Frames that are (nearly) empty are out of distribution
 by definition. Fitted on training images, its threshold calibrated on validation images for a 5 %
 in-distribution flag rate; all of it runs in-graph, in few ops: at batch 1 a call's cost is mostly
-its op count (docs/benchmarks.md). The measurements behind these choices: docs/training.md.
+its op count (docs/benchmarks.md). A model imported from elsewhere is known by its answers alone: its
+score reads the max-softmax and, for photos, the input's texture (ANSWER_COMPONENTS), calibrated on part
+of the folder it is imported with. The measurements behind these choices: docs/training.md.
 """
 
 import dataclasses
@@ -30,6 +32,9 @@ from .models import FlipAveraging, TemperatureScaling
 # on glyphs); photos keep theirs.
 COMPONENTS = {"light_on_dark": ("energy", "mahalanobis"),
               "photo": ("energy", "mahalanobis", "smoothness", "stages")}
+# A model imported from elsewhere is known by its answers alone: no logits, no features. Its score reads
+# how sure the answer is (max-softmax: Hendrycks & Gimpel 2017) and, for photos, the input's texture.
+ANSWER_COMPONENTS = {"light_on_dark": ("max_softmax",), "photo": ("max_softmax", "smoothness")}
 TWO_SIDED = ("smoothness",)  # components whose distance either way from the validation mean counts
 # Earlier stages scored ("stages"): the first only. On the quick cifar10 model stages 1-3 flagged 88.9 % of
 # foreign images on average and stage 1 alone 89.0 %, while each stage's ops cost a lone image's call
@@ -176,8 +181,14 @@ def _channel_statistics(feature_map):
                               tf.reduce_mean(tf.square(feature_map), axis=[1, 2])], axis=1))
 
 
-def components_for(light_on_dark):
-    return COMPONENTS["light_on_dark" if light_on_dark else "photo"]
+def components_for(light_on_dark, *, answers_only=False):
+    return (ANSWER_COMPONENTS if answers_only else COMPONENTS)["light_on_dark" if light_on_dark else "photo"]
+
+
+def needs_features(score):
+    """Whether the score reads the network's logits or features, not only its probabilities."""
+    return any(name in score.standardization for name in ("energy", "mahalanobis")) or bool(
+        score.stage_gaussians)
 
 
 def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, components=None):
@@ -234,8 +245,11 @@ def _shrunk_precision(covariance):
 
 
 def component_scores(score, images, features, logits):
-    """{component: raw score [N]} in float32 TensorFlow ops, as the graph computes them."""
+    """{component: raw score [N]} in float32 TensorFlow ops, as the graph computes them. `features`:
+    FeatureClassifier's, or for a score that only reads answers, {"probabilities": [N, classes]}."""
     scores = {}
+    if "max_softmax" in score.standardization:
+        scores["max_softmax"] = -tf.reduce_max(features["probabilities"], axis=1)
     if "energy" in score.standardization:
         # -logsumexp by hand: tf.reduce_logsumexp adds checks for infinite logits, four ops more.
         largest = tf.reduce_max(logits, axis=1, keepdims=True)

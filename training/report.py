@@ -217,7 +217,7 @@ def render_markdown(record):
         lines.append(f"| {name} | {_percent(record['per_class_accuracy'][name])} | {confused} |")
     lines += [
         "",
-        *_out_of_distribution_section(record),
+        *out_of_distribution_section(record),
         "## Confusion matrix",
         "",
         f"![confusion matrix](assets.extra/{CONFUSION_MATRIX})",
@@ -237,7 +237,7 @@ def render_markdown(record):
     return "\n".join(lines)
 
 
-def _out_of_distribution_section(record):
+def out_of_distribution_section(record):
     from .ood_report import render_table
 
     result = record.get("out_of_distribution")
@@ -250,7 +250,8 @@ def _out_of_distribution_section(record):
         f"`ood_score` ({record.get('ood_method')}); an image is flagged above {result['threshold']:.4g}, "
         "the threshold that "
         f"flagged {calibration.get('in_distribution_flag_rate', float('nan')):.2%} of the "
-        f"{calibration.get('images', 0):,} validation images, each scored against the others (target 5 %). "
+        f"{calibration.get('images', 0):,} {calibration.get('split', 'validation')} images, each scored "
+        "against the others (target 5 %). "
         "Foreign images of each kind: "
         f"{next(iter(result['kinds'].values()))['images']:,}, made by training/foreign_images.py (seed "
         f"{result['seed']}).",
