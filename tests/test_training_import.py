@@ -87,18 +87,31 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp_path, test_images):
+CIFAR10_CLASSES = dict(enumerate(("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                   "ship", "truck")))
+FASHION_CLASSES = {label: f"item {label}" for label in range(10)}
+
+
+def photo_folder(folder, test_images) -> int:
+    """The first 200 CIFAR-10 test images as PNGs, a sub-folder per class; answers their number."""
     images, labels = test_images["cifar10"]
-    classes = dict(enumerate(("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                              "truck")))
-    folder = tmp_path / "photos"
-    for label, name in classes.items():
+    for label, name in CIFAR10_CLASSES.items():
         (folder / name).mkdir(parents=True)
         for index, image in enumerate(images[labels == label]):
             (folder / name / f"{index}.png").write_bytes(png(image))
-    count = sum(1 for _ in folder.glob("*/*.png"))
+    return len(images)
+
+
+def write_labels(path, classes):
+    path.write_text("".join(f"{name}\n" for name in sorted(classes.values())), encoding="utf-8")
+    return path
+
+
+def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp_path, test_images):
+    count = photo_folder(tmp_path / "photos", test_images)
+    folder = tmp_path / "photos"
     assert count // 2 >= MIN_CALIBRATION_IMAGES
-    (tmp_path / "labels.txt").write_text("".join(f"{name}\n" for name in sorted(classes.values())))
+    write_labels(tmp_path / "labels.txt", CIFAR10_CLASSES)
     classifier(size=32, channels=3, classes=10).save(tmp_path / "photos.keras")
     models_dir = tmp_path / "models"
     version = import_model("photos", tmp_path / "photos.keras", tmp_path / "labels.txt",
@@ -109,8 +122,9 @@ def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp
     assert asset["calibration"]["images"] == count // 2 and np.isfinite(asset["threshold"])
     # The untrained network's answers say little; the input's texture tells noise from photos, and
     # solid frames are empty. Measured on the half of the folder the threshold was not set on.
-    measured = json.loads((version / "assets.extra" / "evaluation.json").read_text())["out_of_distribution"]
-    assert measured["test_images"] == count - count // 2
+    record = json.loads((version / "assets.extra" / "evaluation.json").read_text())
+    measured = record["out_of_distribution"]
+    assert record["test_images"] == count and measured["test_images"] == count - count // 2  # accuracy: all
     assert measured["kinds"]["uniform_noise"]["auroc"] > 0.9
     assert measured["kinds"]["solid"]["detection_rate"] == 1.0
     assert "## Out-of-distribution score" in (version / "REPORT.md").read_text()
@@ -124,7 +138,8 @@ def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp
         gateway.start("/readyz")
         listed = requests.get(f"{gateway.url}/v1/models/photos", timeout=10).json()
         assert listed["out_of_distribution"]["threshold"] == pytest.approx(asset["threshold"])
-        uploads = {"photo": png(images[labels == 0][0]),
+        images, _ = test_images["cifar10"]
+        uploads = {"photo": png(images[0]),
                    "noise": png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
                    "grey frame": png(np.full((32, 32, 3), 128, np.uint8))}
         answer = requests.post(f"{gateway.url}/v1/models/photos:predict", timeout=30,
@@ -206,3 +221,48 @@ def test_a_broken_registry_is_named_after_the_export_with_what_to_run(tmp_path, 
     assert status == 2
     assert (models_dir / "mine" / "1" / "saved_model.pb").exists()
     assert f"python -m serving.model_config --models-dir {models_dir} --add <name>" in caplog.text
+
+
+def mixed_precision_classifier(channels: int, classes: int = 10) -> keras.Model:
+    """An untrained CNN whose softmax answers float16, as a model trained in mixed precision does."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, channels))
+    x = keras.layers.Conv2D(4, 3, activation="relu", dtype="mixed_float16")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(dtype="mixed_float16")(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax", dtype="mixed_float16")(x))
+
+
+@pytest.mark.parametrize(("channels", "preprocessing", "saved_model", "method"), [
+    (1, "centered_object", True, "max_softmax"),  # grey: a lone component, no texture
+    (3, "full_frame", False, "fisher-of-empirical-p(max_softmax, smoothness)"),
+])
+def test_a_mixed_precision_model_gets_a_float32_score(tmp_path, test_images, channels, preprocessing,
+                                                      saved_model, method):
+    if channels == 1:
+        images, labels = test_images["fashion_mnist"]
+        folder = write_image_folder(tmp_path / "data", images, labels, FASHION_CLASSES, per_class=20)
+        labels_file = write_labels(tmp_path / "labels.txt", FASHION_CLASSES)
+    else:
+        photo_folder(tmp_path / "data", test_images)
+        folder, labels_file = tmp_path / "data", write_labels(tmp_path / "labels.txt", CIFAR10_CLASSES)
+    model = mixed_precision_classifier(channels)
+    if saved_model:
+        model.export(str(tmp_path / "model"), verbose=False)
+    else:
+        model.save(tmp_path / "model.keras")
+    models_dir = tmp_path / "models"
+    model_path = tmp_path / ("model" if saved_model else "model.keras")
+    status = main(["import", "--name", "mine", "--model", str(model_path), "--labels", str(labels_file),
+                   "--preprocessing", preprocessing, "--data", str(folder), "--models-dir", str(models_dir)])
+    assert status == 0
+    version = models_dir / "mine" / "1"
+    asset = json.loads((version / "assets" / "ood.json").read_text())
+    assert asset["method"] == method
+    assert (asset["empty_frame"]["min_foreground_pixels"] > 0) == (channels == 1)  # light on dark only
+    probe = np.random.default_rng(3).random((2, 28, 28, channels), dtype=np.float32)
+    probe[1] = 0.0  # an empty frame
+    answer = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(probe))
+    scores = answer["ood_score"]
+    assert scores.dtype == tf.float32 and scores[1] > 1000 > scores[0]
+    _, saliency = answers(version, probe)
+    assert saliency.shape == (2, 28, 28)

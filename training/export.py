@@ -170,7 +170,8 @@ def _serving_module(model, spec, asset_source, ood_score=None):
         else:  # an imported model: its answers are all the score reads
             def classifier(images):
                 probabilities = model(images, training=False)
-                return probabilities, {"probabilities": probabilities}, None
+                # The score in float32 whatever the model answers (a mixed-precision softmax: float16).
+                return probabilities, {"probabilities": tf.cast(probabilities, tf.float32)}, None
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(images):

@@ -35,8 +35,9 @@ from .train import PIXEL_SCALE
 
 # A probability row sums to 1 give or take float32 rounding (and a softmax in float16).
 SUM_TOLERANCE = 1e-3
-# With --data, every image measures the accuracy; every other one (a fixed shuffle) calibrates the
-# out-of-distribution threshold and the rest measure it, as a trained model's validation and test splits.
+# With --data, every image measures the accuracy; half of them (a fixed shuffle) calibrate the
+# out-of-distribution threshold and the other half measure it, as a trained model's validation and test
+# splits.
 # Fewer calibration images than this and no score: a component's p-value is never below 1 / (n + 1), so
 # with few images far-off inputs score little above typical ones (with 30, a threshold of 4.0 let uniform
 # noise through at 3.5), and a 5 % threshold rests on one or two images.
@@ -110,8 +111,10 @@ def import_model(name, model_path, labels_path, *, models_dir="models", preproce
 def fit_answer_score(model, spec, images):
     """The out-of-distribution score of a model known only by its answers (ood.ANSWER_COMPONENTS),
     fitted and calibrated on `images` (uint8) as the gateway preprocesses them."""
+    # As the gateway serves them, which for a folder's images is what the accuracy measured too; float32
+    # whatever the model answers (a mixed-precision softmax answers float16).
     inputs = as_served(images, preprocessing_spec(spec))
-    features = {"probabilities": np.asarray(model.predict(inputs, batch_size=256, verbose=0))}
+    features = {"probabilities": np.asarray(model.predict(inputs, batch_size=256, verbose=0), np.float32)}
     score = ood.fit_ood_score(features, None, inputs, len(spec.classes), light_on_dark=spec.light_on_dark,
                               components=ood.components_for(spec.light_on_dark, answers_only=True))
     score = ood.calibrate(score, inputs, features, None, split="calibration")

@@ -244,14 +244,16 @@ def out_of_distribution_section(record):
     if not result:
         return []
     calibration = record.get("ood_calibration") or {}
+    method = record.get("ood_method") or ""
+    # Fisher's method reads each image among the others; a lone component is only standardized.
+    among = ", each scored against the others" if method.startswith("fisher") else ""
     return [
         "## Out-of-distribution score",
         "",
-        f"`ood_score` ({record.get('ood_method')}); an image is flagged above {result['threshold']:.4g}, "
-        "the threshold that "
+        f"`ood_score` ({method}); an image is flagged above {result['threshold']:.4g}, the threshold that "
         f"flagged {calibration.get('in_distribution_flag_rate', float('nan')):.2%} of the "
-        f"{calibration.get('images', 0):,} {calibration.get('split', 'validation')} images, each scored "
-        "against the others (target 5 %). "
+        f"{calibration.get('images', 0):,} {calibration.get('split', 'validation')} images{among} "
+        "(target 5 %). "
         "Foreign images of each kind: "
         f"{next(iter(result['kinds'].values()))['images']:,}, made by training/foreign_images.py (seed "
         f"{result['seed']}).",
