@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import ood, pipeline
+from training import ood, ood_features, pipeline
 from training.__main__ import main
 from training.datasets import get_spec, load_data
 from training.export import ExportedModel, export_model
@@ -64,7 +64,7 @@ def test_serving_default_answers_the_same_probabilities_and_an_ood_score(trained
     assert set(answer) == {"probabilities", "ood_score"}
     assert answer["probabilities"].shape == (40, 10) and answer["ood_score"].shape == (40,)
     np.testing.assert_allclose(answer["probabilities"], model.predict(images, verbose=0), atol=1e-5)
-    _, expected = ood.scores_in_batches(score, ood.FeatureClassifier(model), images)
+    _, expected = ood.scores_in_batches(score, ood_features.FeatureClassifier(model), images)
     np.testing.assert_allclose(answer["ood_score"], expected, rtol=1e-4, atol=1e-3)
 
 
@@ -275,7 +275,7 @@ def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_
     _, (x_test, _) = load_data("cifar10", DATA_DIR)
     images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
     answer = serving_signature(version_dir)(images=tf.constant(images))
-    classifier = ood.FeatureClassifier(model, stages=True)
+    classifier = ood_features.FeatureClassifier(model, stages=True)
     probabilities, expected = ood.scores_in_batches(score, classifier, images)
     np.testing.assert_allclose(answer["probabilities"], probabilities, atol=1e-5)
     np.testing.assert_allclose(answer["ood_score"], expected, rtol=1e-4, atol=1e-3)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import ood
+from . import ood, ood_features
 from .datasets import get_spec
 from .train import PIXEL_SCALE
 
@@ -166,7 +166,7 @@ def _serving_module(model, spec, asset_source, ood_score=None):
         if ood.needs_features(ood_score):
             # The same network, its penultimate features taken on the way: the probabilities are the
             # model's own, and the score costs a few small matrix products more.
-            classifier = ood.FeatureClassifier(model, stages=bool(ood_score.stage_gaussians))
+            classifier = ood_features.FeatureClassifier(model, stages=bool(ood_score.stage_gaussians))
         else:  # an imported model: its answers are all the score reads
             def classifier(images):
                 probabilities = model(images, training=False)

@@ -20,11 +20,8 @@ of the folder it is imported with. The measurements behind these choices: docs/t
 import dataclasses
 import json
 
-import keras
 import numpy as np
 import tensorflow as tf
-
-from .models import FlipAveraging, TemperatureScaling
 
 # Of "energy", "mahalanobis", "smoothness", "stages", "input_pca" (see the module's docstring; "stages"
 # becomes one component per stage, "stage_1", ...). The gateway stretches the contrast of light-on-dark
@@ -36,10 +33,6 @@ COMPONENTS = {"light_on_dark": ("energy", "mahalanobis"),
 # how sure the answer is (max-softmax: Hendrycks & Gimpel 2017) and, for photos, the input's texture.
 ANSWER_COMPONENTS = {"light_on_dark": ("max_softmax",), "photo": ("max_softmax", "smoothness")}
 TWO_SIDED = ("smoothness",)  # components whose distance either way from the validation mean counts
-# Earlier stages scored ("stages"): the first only. On the quick cifar10 model stages 1-3 flagged 88.9 % of
-# foreign images on average and stage 1 alone 89.0 %, while each stage's ops cost a lone image's call
-# about 80 µs (docs/training.md).
-STAGES = 1
 OUTPUT_KEY = "ood_score"
 ASSET = "ood.json"
 TARGET_FLAG_RATE = 0.05
@@ -90,98 +83,6 @@ def method_name(components):
     return f"fisher-of-empirical-p({', '.join(components)})" if len(components) > 1 else components[0]
 
 
-def classifier_parts(serving_model):
-    """(core network, mirror-averaged?, temperature or None) of a model that pipeline._serving_model
-    and models.with_temperature built."""
-    model, temperature, flip = serving_model, None, False
-    if isinstance(model.layers[-1], TemperatureScaling):
-        temperature = model.layers[-1].temperature
-        model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    if isinstance(model.layers[-1], FlipAveraging):
-        flip, model = True, model.layers[-1].model
-    return model, flip, temperature
-
-
-class FeatureClassifier:
-    """images -> (probabilities exactly as the serving model answers them, features, the logits), from
-    one pass through the network. features: {"penultimate": pooled [N, D]} and, with `stages`, the
-    output of the first STAGES pooling layers but the last (residual networks: before the stage's
-    residual block) as `_channel_statistics`, {"stage_1": [N, 2C], ...}."""
-
-    def __init__(self, serving_model, *, stages=False):
-        core, self.flip, temperature = classifier_parts(serving_model)
-        self.classifier = [layer for layer in core.layers if isinstance(layer, keras.layers.Dense)][-1]
-        # Between the classifier and the softmax, the residual networks scale their logits.
-        following = core.layers[core.layers.index(self.classifier) + 1:]
-        self.logit_scale = float(np.prod([layer.scale for layer in following
-                                          if isinstance(layer, keras.layers.Rescaling)]))
-        # The last pooling's output is what the penultimate features summarize already; of the others,
-        # the first STAGES (see STAGES).
-        pooling = [layer for layer in core.layers if isinstance(layer, keras.layers.MaxPooling2D)][:-1]
-        self.stages = min(len(pooling), STAGES) if stages else 0
-        for layer in pooling[:self.stages]:  # _channel_statistics takes square roots of their means
-            if not isinstance(_producer(layer.input), keras.layers.ReLU):
-                raise ValueError(f"{layer.name}: stage statistics need a map of ReLU outputs to pool")
-        # A flattened feature map is pooled over its positions: Mahalanobis distances want one
-        # vector per image whatever the object's position (Lee et al. pool each block the same way).
-        # Pooled from the map itself, one op (its flattened copy would need reshaping first).
-        feeding = _producer(self.classifier.input)
-        while isinstance(feeding, keras.layers.Dropout):
-            feeding = _producer(feeding.input)
-        pooled_map = [feeding.input] if isinstance(feeding, keras.layers.Flatten) else []
-        self.pooled = bool(pooled_map)
-        self.network = keras.Model(core.inputs, [core.output, self.classifier.input, *pooled_map,
-                                                 *(layer.output for layer in pooling[:self.stages])])
-        self.temperature = TemperatureScaling(temperature) if temperature is not None else None
-
-    def __call__(self, images):
-        probabilities, inputs, *features = self._outputs(images)
-        if self.flip:
-            mirrored = self._outputs(tf.reverse(images, axis=[2]))
-            probabilities, inputs, *features = [(own + other) / 2 for own, other in zip(
-                [probabilities, inputs, *features], mirrored, strict=True)]
-        if self.temperature is not None:
-            probabilities = self.temperature(probabilities)
-        # Few, small ops: at batch 1 each one costs a prediction a few microseconds, whatever it computes.
-        logits = tf.matmul(inputs, self.classifier.kernel)
-        if self.classifier.use_bias:
-            logits = logits + self.classifier.bias
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
-        penultimate = features.pop(0) if self.pooled else inputs
-        stages = {f"stage_{number}": value for number, value in enumerate(features, start=1)}
-        return probabilities, {"penultimate": penultimate, **stages}, logits
-
-    def _outputs(self, images):
-        """[probabilities, the classifier's input, (pooled features,) each stage's statistics]."""
-        probabilities, inputs, *maps = self.network(images, training=False)
-        pooled = [tf.reduce_mean(maps.pop(0), axis=[1, 2])] if self.pooled else []
-        return [probabilities, inputs, *pooled, *(_channel_statistics(feature_map) for feature_map in maps)]
-
-    def predict(self, images, batch_size=500):
-        """numpy (probabilities, features, logits) for float32 images."""
-        batches = [self(tf.constant(images[start:start + batch_size]))
-                   for start in range(0, len(images), batch_size)]
-        features = {key: np.concatenate([np.asarray(batch[1][key]) for batch in batches])
-                    for key in batches[0][1]}
-        return (np.concatenate([np.asarray(batch[0]) for batch in batches]), features,
-                np.concatenate([np.asarray(batch[2]) for batch in batches]))
-
-
-def _producer(tensor):
-    """The layer whose output a symbolic Keras tensor is."""
-    return tensor._keras_history.operation
-
-
-def _channel_statistics(feature_map):
-    """[N, 2C]: the square roots of each channel's mean and mean square over the positions of [N, H, W, C],
-    a map of ReLU outputs (never negative). Five small ops, where the mean and deviation of tf.nn.moments
-    took nine; on the quick cifar10 model, square roots flagged a little more foreign images than the
-    mean and deviation did and the moments themselves fewer (90.95 %, 90.64 %, 90.16 %; docs/training.md)."""
-    return tf.sqrt(tf.concat([tf.reduce_mean(feature_map, axis=[1, 2]),
-                              tf.reduce_mean(tf.square(feature_map), axis=[1, 2])], axis=1))
-
-
 def components_for(light_on_dark, *, answers_only=False):
     return (ANSWER_COMPONENTS if answers_only else COMPONENTS)["light_on_dark" if light_on_dark else "photo"]
 
@@ -193,9 +94,9 @@ def needs_features(score):
 
 
 def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, components=None):
-    """Fit on training images (float32 [N, H, W, C]), their features (FeatureClassifier's, with the
-    stages where the components have "stages") and labels; not yet standardized or calibrated (see
-    `calibrate`)."""
+    """Fit on training images (float32 [N, H, W, C]), their features (ood_features.FeatureClassifier's,
+    with the stages where the components have "stages") and labels; not yet standardized or calibrated
+    (see `calibrate`)."""
     components = components or components_for(light_on_dark)
     # A network with a single pooling layer (or none) has no earlier stage: then "stages" adds nothing.
     stages = sorted((key for key in features if key.startswith("stage_")), key=lambda key: int(key[6:]))
@@ -250,7 +151,7 @@ def _shrunk_precision(covariance):
 
 def component_scores(score, images, features, logits):
     """{component: raw score [N]} in float32 TensorFlow ops, as the graph computes them. `features`:
-    FeatureClassifier's, or for a score that only reads answers, {"probabilities": [N, classes]}."""
+    ood_features.FeatureClassifier's, or for a score that only reads answers, {"probabilities": [N, C]}."""
     scores = {}
     if "max_softmax" in score.standardization:
         scores["max_softmax"] = -tf.reduce_max(features["probabilities"], axis=1)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from serving.model_config import register_model
 
-from . import ood
+from . import ood, ood_features
 from .datasets import get_spec, load_data, load_exact_test_mask
 from .distribute import get_distribution, scale_for_replicas, worker_run_dir
 from .export import ExportedModel, export_model, preprocessing_spec
@@ -231,7 +231,7 @@ def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, se
     (fit_images, fit_labels), (validation_images, _) = split_validation(x_train, y_train, validation_fraction,
                                                                          seed)
     chosen = np.random.default_rng(seed).permutation(len(fit_images))[:OOD_FIT_IMAGES]
-    classifier = ood.FeatureClassifier(
+    classifier = ood_features.FeatureClassifier(
         serving_model, stages="stages" in ood.components_for(spec.light_on_dark))
     fit_inputs = preprocess(fit_images[chosen])
     _, features, _ = classifier.predict(fit_inputs)
