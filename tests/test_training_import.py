@@ -5,7 +5,6 @@ on it when it holds enough images; models that break the contract are refused.""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -15,13 +14,13 @@ import pytest
 import requests
 import tensorflow as tf
 from google.protobuf import text_format
-from PIL import Image
 
 from serving import model_config
 from tests.gateway_stack import GatewayProcess, ModelServerProcess
 from tests.test_training_folders import FOLDER_CLASSES, write_image_folder
 from training.__main__ import main
 from training.export import SALIENCY_KEY
+from training.foreign_images import encode_png
 from training.importer import MIN_CALIBRATION_IMAGES, import_model, read_labels
 
 LABELS = sorted(FOLDER_CLASSES.values())  # the folder's sub-folders, in the model's output order
@@ -81,12 +80,6 @@ def test_keras_file_is_imported_and_evaluated_on_a_folder(tmp_path, labels_file,
     assert MIN_CALIBRATION_IMAGES > 18 // 2 and not (version / "assets" / "ood.json").exists()
 
 
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 CIFAR10_CLASSES = dict(enumerate(("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                    "ship", "truck")))
 FASHION_CLASSES = {label: f"item {label}" for label in range(10)}
@@ -98,7 +91,7 @@ def photo_folder(folder, test_images) -> int:
     for label, name in CIFAR10_CLASSES.items():
         (folder / name).mkdir(parents=True)
         for index, image in enumerate(images[labels == label]):
-            (folder / name / f"{index}.png").write_bytes(png(image))
+            (folder / name / f"{index}.png").write_bytes(encode_png(image))
     return len(images)
 
 
@@ -108,8 +101,8 @@ def write_labels(path, classes):
 
 
 def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp_path, test_images):
-    count = photo_folder(tmp_path / "photos", test_images)
     folder = tmp_path / "photos"
+    count = photo_folder(folder, test_images)
     assert count // 2 >= MIN_CALIBRATION_IMAGES
     write_labels(tmp_path / "labels.txt", CIFAR10_CLASSES)
     classifier(size=32, channels=3, classes=10).save(tmp_path / "photos.keras")
@@ -139,9 +132,10 @@ def test_an_imported_photo_model_flags_foreign_images_through_the_real_stack(tmp
         listed = requests.get(f"{gateway.url}/v1/models/photos", timeout=10).json()
         assert listed["out_of_distribution"]["threshold"] == pytest.approx(asset["threshold"])
         images, _ = test_images["cifar10"]
-        uploads = {"photo": png(images[0]),
-                   "noise": png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
-                   "grey frame": png(np.full((32, 32, 3), 128, np.uint8))}
+        noise_image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        uploads = {"photo": encode_png(images[0]),
+                   "noise": encode_png(noise_image),
+                   "grey frame": encode_png(np.full((32, 32, 3), 128, np.uint8))}
         answer = requests.post(f"{gateway.url}/v1/models/photos:predict", timeout=30,
                                files=[("image", (name, data, "image/png")) for name, data in uploads.items()])
         assert answer.status_code == 200, answer.text
