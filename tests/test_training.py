@@ -22,6 +22,7 @@ from training.datasets import DATASETS, DatasetNotFoundError, load_data, load_ex
 from training.export import export_model, list_versions, load_exported_model
 from training.models import build_baseline_mlp, build_model
 from training.pipeline import train_and_export
+from training.shift_head import ShiftHeadTrainer
 from training.train import evaluate, train
 
 REQUIRED_FILES = {
@@ -255,11 +256,17 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
 @pytest.mark.parametrize(("name", "shape", "outlier_exposure"),
                          [("mnist", (28, 28, 1), 0.0), ("cifar10", (32, 32, 3), 0.25)])
 def test_resume_continues_from_the_last_checkpoint(tmp_path, name, shape, outlier_exposure):
-    """Also with outlier exposure: weighted (image, label, weight) batches and the accuracy that counts
-    only the images with a class go through the checkpoint and back."""
+    """Also with outlier exposure: weighted (image, label, weight) batches, the accuracy that counts
+    only the images with a class and the shift head beside the classifier (tiny cifar10 has both) go
+    through the checkpoint and back."""
     images = np.random.default_rng(0).integers(0, 256, (80, *shape), dtype=np.uint8)
     labels = np.arange(80) % 10
-    model = build_model(name, profile="tiny", steps_per_epoch=3)
+
+    def new_model():
+        model = build_model(name, profile="tiny", steps_per_epoch=3)
+        return ShiftHeadTrainer(model, 1.0) if outlier_exposure else model
+
+    model = new_model()
     options = {"epochs": 3, "batch_size": 24, "validation_fraction": 0.1, "run_dir": tmp_path, "verbose": 0,
                "outlier_exposure": outlier_exposure}
     with pytest.raises(KeyboardInterrupt):
@@ -267,7 +274,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, name, shape, outlie
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
     saved = [weights.copy() for weights in model.get_weights()]
 
-    fresh = build_model(name, profile="tiny", steps_per_epoch=3)  # a new process would start like this
+    fresh = new_model()  # a new process would start like this
     resumed = []
     # The first epoch begins after BackupAndRestore has loaded the checkpoint.
     first_epoch = keras.callbacks.LambdaCallback(

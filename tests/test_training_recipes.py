@@ -10,9 +10,11 @@ import tensorflow as tf
 from training.augmentation import Augmentation, augment_batch
 from training.datasets import DATASETS
 from training.models import LabelledAccuracy, build_model, with_flip_averaging
+from training.ood_report import auroc
 from training.outliers import MIN_DIFFERENCE, PERMUTATIONS, shifted_copies
 from training.profiles import PROFILES
 from training.schedules import OneCycle
+from training.shift_head import ShiftHeadTrainer
 from training.train import training_dataset
 
 
@@ -158,3 +160,27 @@ def test_training_accuracy_counts_only_the_images_with_a_class():
     answers = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1]], np.float32)
     accuracy.update_state(truth, answers)
     assert float(accuracy.result()) == 0.5  # one of the two labelled images; the uniform rows don't count
+
+
+def test_a_shift_head_learns_which_way_up_its_photos_are():
+    """ShiftHeadTrainer: the classifier trains as before (its history has the same keys) and answers the
+    same through it, and the head learns to tell images from their shifted copies: here warm photos lit
+    from above, against the same turned or with their colour channels swapped."""
+    rng = np.random.default_rng(3)
+    light = np.linspace(1.0, 0.2, 32)[None, :, None, None] * np.array([1.0, 0.7, 0.4])
+    images = np.clip(255 * light * rng.uniform(0.6, 1.0, (480, 32, 32, 1)), 0, 255).astype(np.uint8)
+    labels = rng.integers(0, 10, len(images))
+    model = build_model("cifar10", "tiny", steps_per_epoch=20)
+    trainer = ShiftHeadTrainer(model, weight=1.0)
+    history = trainer.fit(training_dataset(images, labels, batch_size=24, num_classes=10, seed=1,
+                                           outlier_exposure=0.25), epochs=3, verbose=0).history
+    assert set(history) == {"loss", "accuracy"}
+    inputs = tf.constant(images[:200] / np.float32(255))
+    np.testing.assert_array_equal(trainer.predict(inputs, verbose=0), model.predict(inputs, verbose=0))
+    kernel, bias = trainer.head_weights()
+    assert kernel.dtype == np.float32 and kernel.shape[1] == 1 and bias.shape == (1,)
+    features = keras.Model(model.inputs, trainer.features.outputs[1])
+    own = (features.predict(inputs, verbose=0) @ kernel + bias)[:, 0]
+    for shifted in (tf.image.rot90(inputs, 2), tf.gather(inputs, (2, 1, 0), axis=-1)):
+        assert auroc(own, (features.predict(shifted, verbose=0) @ kernel + bias)[:, 0]) > 0.95
+    keras.backend.clear_session()

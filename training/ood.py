@@ -7,7 +7,8 @@ for photos how far the input's texture (log mean difference of neighbouring pixe
 validation images' either way (blurred, flat, drawn or noisy frames) and the Mahalanobis distance of
 the first stage's feature statistics (square roots of per channel mean and mean square over positions)
 to the training images' (after Lee et al.'s feature ensemble: low-level evidence the last layer has
-discarded). The score combines the components by Fisher's method: each one's p-value among the
+discarded), and for networks trained with a shift head (shift_head.py) its logit: how much the image
+looks like a turned or recoloured copy of a photo ("shifted"). The score combines the components by Fisher's method: each one's p-value among the
 validation images', summed as -log (`combine`). The input's residual off its principal components
 ("input_pca") can be added; it measured worse. Frames that are (nearly) empty are out of distribution
 by definition. Fitted on training images, its threshold calibrated on validation images for a 5 %
@@ -60,6 +61,9 @@ class OodScore:
     # Fisher's method: per component (in standardization's order), its sorted validation values as
     # `orient` gives them [components, images], against which an image's p-value is read
     reference: np.ndarray | None = None
+    # shifted: the shift head's logistic weights (shift_head.py) on the classifier's input, [D, 1] and [1]
+    shift_kernel: np.ndarray | None = None
+    shift_bias: np.ndarray | None = None
     input_mean: np.ndarray | None = None  # input_pca: [H*W*C]
     input_basis: np.ndarray | None = None  # [H*W*C, m]
     threshold: float = float("nan")
@@ -89,20 +93,25 @@ def components_for(light_on_dark, *, answers_only=False):
 
 def needs_features(score):
     """Whether the score reads the network's logits or features, not only its probabilities."""
-    return any(name in score.standardization for name in ("energy", "mahalanobis")) or bool(
+    return any(name in score.standardization for name in ("energy", "mahalanobis", "shifted")) or bool(
         score.stage_gaussians)
 
 
-def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, components=None):
+def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, components=None, shift_head=None):
     """Fit on training images (float32 [N, H, W, C]), their features (ood_features.FeatureClassifier's,
     with the stages where the components have "stages") and labels; not yet standardized or calibrated
-    (see `calibrate`)."""
-    components = components or components_for(light_on_dark)
+    (see `calibrate`). `shift_head`: (kernel, bias) of a network trained with one (shift_head.py), which
+    adds the component "shifted"."""
+    components = tuple(components or components_for(light_on_dark))
+    if shift_head is not None:
+        components += ("shifted",)
     # A network with a single pooling layer (or none) has no earlier stage: then "stages" adds nothing.
     stages = sorted((key for key in features if key.startswith("stage_")), key=lambda key: int(key[6:]))
     names = [name for component in components
              for name in (stages if component == "stages" else [component])]
     score = OodScore(standardization={name: (0.0, 1.0) for name in names})
+    if shift_head is not None:
+        score.shift_kernel, score.shift_bias = (np.asarray(array, np.float32) for array in shift_head)
     for stage in stages if "stages" in components else []:
         statistics = np.asarray(features[stage], np.float64)
         mean = statistics.mean(axis=0)
@@ -170,6 +179,9 @@ def component_scores(score, images, features, logits):
                                     [k, weights.shape[1] - k], axis=1)
         # ||f L||² is the same for every class: the nearest class is the smallest of the rest.
         scores["mahalanobis"] = tf.reduce_sum(tf.square(projected), axis=1) + tf.reduce_min(cross, axis=1)
+    if "shifted" in score.standardization:  # the head's logit: higher where more like a shifted copy
+        inputs = tf.convert_to_tensor(features["classifier_input"], tf.float32)
+        scores["shifted"] = tf.matmul(inputs, score.shift_kernel)[:, 0] + score.shift_bias[0]
     for stage, (mean, projection) in score.stage_gaussians.items():
         projected = tf.matmul(tf.convert_to_tensor(features[stage], tf.float32) - mean, projection)
         scores[stage] = tf.reduce_sum(tf.square(projected), axis=1)

@@ -74,7 +74,8 @@ class FeatureClassifier:
             logits = logits * self.logit_scale
         penultimate = features.pop(0) if self.pooled else inputs
         stages = {f"stage_{number}": value for number, value in enumerate(features, start=1)}
-        return probabilities, {"penultimate": penultimate, **stages}, logits
+        # The classifier's input, which a shift head (shift_head.py) reads as the classes do.
+        return probabilities, {"penultimate": penultimate, "classifier_input": inputs, **stages}, logits
 
     def _outputs(self, images):
         """[probabilities, the classifier's input, (pooled features,) each stage's statistics]."""

@@ -6,7 +6,8 @@ instances of Tack et al. 2020 as the outliers: no data set is needed beyond the 
 A network trained so is less confident on images unlike its training data, so the energy and the
 softmax of its answers tell them apart better (docs/training.md, "Out-of-distribution score"). It is
 for photos only: a turned digit can be another digit, and one's own folders may hold images at any
-angle. None of it is part of the exported graph.
+angle. None of it is part of the exported graph. A shift head (shift_head.py) can learn from the same
+copies to tell them from the images.
 """
 
 import tensorflow as tf

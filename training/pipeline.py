@@ -36,6 +36,7 @@ from .models import (
 from .ood_report import evaluate_ood
 from .profiles import TrainingSetTooSmallError, get_profile
 from .report import count_multiply_adds, write_report
+from .shift_head import ShiftHeadTrainer
 from .train import predict, preprocess, split_validation, train
 
 ARCHITECTURES = ("cnn", "mlp")
@@ -70,6 +71,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     precision = choose_precision(precision)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(seed)  # before building, so the initial weights repeat too
+    trainer = None  # a ShiftHeadTrainer, where the profile trains a shift head
     try:
         if architecture == "cnn":
             settings = get_profile(profile, name) if data is None else data.profile(profile)
@@ -89,6 +91,8 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
             steps_per_epoch = math.ceil(fit_size / settings.batch_size)
             with distribution.strategy.scope():  # variables and optimizer state on every replica
                 model = build_model(spec, settings=settings, steps_per_epoch=steps_per_epoch)
+                if settings.outlier_exposure and settings.shift_head:
+                    trainer = ShiftHeadTrainer(model, settings.shift_head)
             fit_options = {"epochs": settings.epochs, "batch_size": settings.batch_size,
                            "validation_fraction": settings.validation_fraction,
                            "augmentation": settings.augmentation,
@@ -113,7 +117,7 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
                     name, architecture, profile, precision, len(x_train), fit_options["epochs"])
         started, cpu_started = time.perf_counter(), time.process_time()
         with worker_run_dir(distribution, run_dir, resume) as own_run_dir:
-            history = train(model, x_train, y_train, seed=seed, run_dir=own_run_dir, resume=resume,
+            history = train(trainer or model, x_train, y_train, seed=seed, run_dir=own_run_dir, resume=resume,
                             verbose=verbose, **fit_options)
         training_seconds = time.perf_counter() - started
         # On a shared machine the wall clock stretches; CPU time over the cores does not.
@@ -194,7 +198,8 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
         ood_images = ood_images or 500
     ood_score = None
     if settings is not None and settings.validation_fraction:
-        ood_score = fit_ood_score(serving_model, spec, x_train, y_train, settings.validation_fraction, seed)
+        ood_score = fit_ood_score(serving_model, spec, x_train, y_train, settings.validation_fraction, seed,
+                                  shift_head=trainer.head_weights() if trainer else None)
         metadata["ood_threshold"] = ood_score.threshold
         metadata["ood_calibration"] = ood_score.calibration
         metadata["ood_method"] = ood.method_name(ood_score.standardization)
@@ -224,7 +229,7 @@ FOREIGN_SEED = 0  # the foreign images of the report, the same as `python -m tra
 OOD_FIT_IMAGES = 20000
 
 
-def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, seed):
+def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, seed, shift_head=None):
     """The out-of-distribution score, fitted on (up to OOD_FIT_IMAGES) training images and calibrated on
     the validation split as the gateway preprocesses it (uploads are what the threshold will meet)."""
     spec = get_spec(name)
@@ -236,7 +241,7 @@ def fit_ood_score(serving_model, name, x_train, y_train, validation_fraction, se
     fit_inputs = preprocess(fit_images[chosen])
     _, features, _ = classifier.predict(fit_inputs)
     score = ood.fit_ood_score(features, fit_labels[chosen], fit_inputs, len(spec.classes),
-                              light_on_dark=spec.light_on_dark)
+                              light_on_dark=spec.light_on_dark, shift_head=shift_head)
     validation_inputs = as_served(validation_images, preprocessing_spec(spec))
     _, validation_features, validation_logits = classifier.predict(validation_inputs)
     score = ood.calibrate(score, validation_inputs, validation_features, validation_logits)
@@ -293,7 +298,9 @@ def _describe_outlier_exposure(settings):
     if not (settings and settings.outlier_exposure):
         return None
     return (f"turned and channel-swapped copies of half of each batch, trained towards the uniform answer "
-            f"with their mean loss weighing {settings.outlier_exposure:g} of the images'")
+            f"with their mean loss weighing {settings.outlier_exposure:g} of the images'"
+            + (f"; a shift head told them from the images, its loss weighing {settings.shift_head:g}"
+               if settings.shift_head else ""))
 
 
 def _describe_optimizer(optimizer, settings):
