@@ -262,16 +262,18 @@ def test_a_photo_score_flags_solid_colours_and_measures_texture():
 
 
 def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_factory):
-    """A tiny cifar10 model: the score gets a component per earlier stage (Lee et al.'s feature ensemble),
-    and the exported serving_default answers what the same ops answer in Python."""
+    """A tiny cifar10 model: the score gets a component per earlier stage (Lee et al.'s feature ensemble)
+    and, trained with a shift head as the quick model is, the head's logit; the exported serving_default
+    answers what the same ops answer in Python."""
     if not (DATA_DIR / "cifar10.npz").exists():
         pytest.skip(f"cifar10.npz missing from {DATA_DIR}")
     version_dir, model, score = train_tiny("cifar10", tmp_path_factory.mktemp("models"), limit=600, epochs=1,
                                            ood_images=20, ood_test_images=100)
     # tiny: two stages, each ending in pooling; the last one's output is the penultimate features
-    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1"]
+    assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1", "shifted"]
     assert json.loads((version_dir / "assets" / "ood.json").read_text())["method"] == (
-        "fisher-of-empirical-p(energy, mahalanobis, smoothness, stage_1)")
+        "fisher-of-empirical-p(energy, mahalanobis, smoothness, stage_1, shifted)")
+    assert score.shift_kernel.shape == (8 * 8 * 16, 1)  # on the classifier's input, the last 8×8×16 map flattened
     _, (x_test, _) = load_data("cifar10", DATA_DIR)
     images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
     answer = serving_signature(version_dir)(images=tf.constant(images))
