@@ -273,7 +273,7 @@ def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_
     assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1", "shifted"]
     assert json.loads((version_dir / "assets" / "ood.json").read_text())["method"] == (
         "fisher-of-empirical-p(energy, mahalanobis, smoothness, stage_1, shifted)")
-    assert score.shift_kernel.shape == (8 * 8 * 16, 1)  # on the classifier's input, the last 8×8×16 map flattened
+    assert score.shift_kernel.shape == (8 * 8 * 16, 1)  # the classifier reads the last 8×8×16 map
     _, (x_test, _) = load_data("cifar10", DATA_DIR)
     images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
     answer = serving_signature(version_dir)(images=tf.constant(images))
