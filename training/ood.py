@@ -10,9 +10,9 @@ to the training images' (after Lee et al.'s feature ensemble: low-level evidence
 discarded), and for networks trained with a shift head (shift_head.py) its logit: how much the image
 looks like a turned or recoloured copy of a photo ("shifted"). The score combines the components by
 Fisher's method: each one's p-value among the validation images', summed as -log (`combine`). The
-input's residual off its principal components ("input_pca") can be added; it measured worse. Frames that are (nearly) empty are out of distribution
-by definition. Fitted on training images, its threshold calibrated on validation images for a 5 %
-in-distribution flag rate; all of it runs in-graph, in few ops: at batch 1 a call's cost is mostly
+input's residual off its principal components ("input_pca") can be added; it measured worse. Frames
+that are (nearly) empty are out of distribution by definition. Fitted on training images, its
+threshold calibrated on validation images for a 5 % in-distribution flag rate; all of it runs in-graph, in few ops: at batch 1 a call's cost is mostly
 its op count (docs/benchmarks.md). A model imported from elsewhere is known by its answers alone: its
 score reads the max-softmax and, for photos, the input's texture (ANSWER_COMPONENTS), calibrated on part
 of the folder it is imported with. The measurements behind these choices: docs/training.md.
