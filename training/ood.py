@@ -4,18 +4,19 @@ Components: the energy score of the logits (Liu et al. 2020: -logsumexp, low whe
 confident about any class), the Mahalanobis distance of the pooled penultimate features to the nearest
 class mean under one shared covariance (Lee et al. 2018: far from every class the network knows), and
 for photos how far the input's texture (log mean difference of neighbouring pixels) is from the
-validation images' either way (blurred, flat, drawn or noisy frames) and the Mahalanobis distance of
-the first stage's feature statistics (square roots of per channel mean and mean square over positions)
-to the training images' (after Lee et al.'s feature ensemble: low-level evidence the last layer has
+validation images' either way (blurred, flat, drawn or noisy frames) and the Mahalanobis distance of the
+first stage's feature statistics (square roots of per channel mean and mean square over positions) to
+the training images' (after Lee et al.'s feature ensemble: low-level evidence the last layer has
 discarded), and for networks trained with a shift head (shift_head.py) its logit: how much the image
 looks like a turned or recoloured copy of a photo ("shifted"). The score combines the components by
 Fisher's method: each one's p-value among the validation images', summed as -log (`combine`). The
-input's residual off its principal components ("input_pca") can be added; it measured worse. Frames
-that are (nearly) empty are out of distribution by definition. Fitted on training images, its
-threshold calibrated on validation images for a 5 % in-distribution flag rate; all of it runs in-graph, in few ops: at batch 1 a call's cost is mostly
-its op count (docs/benchmarks.md). A model imported from elsewhere is known by its answers alone: its
-score reads the max-softmax and, for photos, the input's texture (ANSWER_COMPONENTS), calibrated on part
-of the folder it is imported with. The measurements behind these choices: docs/training.md.
+input's residual off its principal components ("input_pca") can be added; it measured worse. Frames that
+are (nearly) empty are out of distribution by definition. Fitted on training images, its threshold
+calibrated on validation images for a 5 % in-distribution flag rate; all of it runs in-graph, in few
+ops: at batch 1 a call's cost is mostly its op count (docs/benchmarks.md). A model imported from
+elsewhere is known by its answers alone: its score reads the max-softmax and, for photos, the input's
+texture (ANSWER_COMPONENTS), calibrated on part of the folder it is imported with. The measurements
+behind these choices: docs/training.md.
 """
 
 import dataclasses
