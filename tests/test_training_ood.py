@@ -18,6 +18,7 @@ from training.datasets import get_spec, load_data
 from training.export import ExportedModel, export_model
 from training.foreign_images import as_served, foreign_image_sets
 from training.ood_report import auroc, fpr_at_95_tpr
+from training.shift_head import ShiftHeadTrainer
 
 DATA_DIR = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 
@@ -31,16 +32,24 @@ def trained(tmp_path_factory):
                       ood_test_images=300)
 
 
-def train_tiny(name, models_dir, **options):
-    """(version directory, the Keras serving model, the calibrated score) of a tiny model of `name`."""
+def train_tiny(name, models_dir, trainers=None, **options):
+    """(version directory, the Keras serving model, the calibrated score) of a tiny model of `name`;
+    `trainers` (a list) gets the ShiftHeadTrainer where the profile trains a shift head."""
     exported = {}
 
     def keep_arguments(model, name, models_dir, **export_options):
         exported.update(model=model, score=export_options.get("ood_score"))
         return export_model(model, name, models_dir, **export_options)
 
+    def keep_trainer(*arguments, **keywords):
+        trainer = ShiftHeadTrainer(*arguments, **keywords)
+        if trainers is not None:
+            trainers.append(trainer)
+        return trainer
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "export_model", keep_arguments)
+        patch.setattr(pipeline, "ShiftHeadTrainer", keep_trainer)
         version_dir = pipeline.train_and_export(name, profile="tiny", models_dir=models_dir,
                                                 data_dir=DATA_DIR, verbose=0, latency_runs=2, **options)
     return version_dir, exported["model"], exported["score"]
@@ -267,13 +276,18 @@ def test_a_photo_model_scores_its_earlier_stages_in_the_exported_graph(tmp_path_
     answers what the same ops answer in Python."""
     if not (DATA_DIR / "cifar10.npz").exists():
         pytest.skip(f"cifar10.npz missing from {DATA_DIR}")
-    version_dir, model, score = train_tiny("cifar10", tmp_path_factory.mktemp("models"), limit=600, epochs=1,
-                                           ood_images=20, ood_test_images=100)
+    trainers = []
+    version_dir, model, score = train_tiny("cifar10", tmp_path_factory.mktemp("models"), trainers, limit=600,
+                                           epochs=1, ood_images=20, ood_test_images=100)
     # tiny: two stages, each ending in pooling; the last one's output is the penultimate features
     assert list(score.standardization) == ["energy", "mahalanobis", "smoothness", "stage_1", "shifted"]
     assert json.loads((version_dir / "assets" / "ood.json").read_text())["method"] == (
         "fisher-of-empirical-p(energy, mahalanobis, smoothness, stage_1, shifted)")
-    assert score.shift_kernel.shape == (8 * 8 * 16, 1)  # the classifier reads the last 8×8×16 map
+    # The head as trained (the classifier reads the last 8×8×16 map, flattened).
+    (trainer,) = trainers
+    np.testing.assert_array_equal(score.shift_kernel, trainer.head.kernel.numpy())
+    np.testing.assert_array_equal(score.shift_bias, trainer.head.bias.numpy())
+    assert score.shift_kernel.shape == (8 * 8 * 16, 1) and np.any(score.shift_bias != 0)
     _, (x_test, _) = load_data("cifar10", DATA_DIR)
     images = as_served(x_test[:40], ExportedModel(version_dir).preprocessing)
     answer = serving_signature(version_dir)(images=tf.constant(images))

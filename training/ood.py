@@ -104,8 +104,10 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, compo
     (see `calibrate`). `shift_head`: (kernel, bias) of a network trained with one (shift_head.py), which
     adds the component "shifted"."""
     components = tuple(components or components_for(light_on_dark))
-    if shift_head is not None:
+    if shift_head is not None and "shifted" not in components:
         components += ("shifted",)
+    if "shifted" in components and shift_head is None:
+        raise ValueError("the component 'shifted' reads a shift head: give shift_head=(kernel, bias)")
     # A network with a single pooling layer (or none) has no earlier stage: then "stages" adds nothing.
     stages = sorted((key for key in features if key.startswith("stage_")), key=lambda key: int(key[6:]))
     names = [name for component in components

@@ -28,7 +28,8 @@ def classifier_parts(serving_model):
 
 class FeatureClassifier:
     """images -> (probabilities exactly as the serving model answers them, features, the logits), from
-    one pass through the network. features: {"penultimate": pooled [N, D]} and, with `stages`, the
+    one pass through the network. features: {"penultimate": pooled [N, D], "classifier_input": what the
+    classifier layer reads [N, D'] (flattened, where the network flattens)} and, with `stages`, the
     output of the first STAGES pooling layers but the last (residual networks: before the stage's
     residual block) as `_channel_statistics`, {"stage_1": [N, 2C], ...}."""
 

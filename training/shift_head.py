@@ -18,8 +18,9 @@ class ShiftHeadTrainer(keras.Model):
     """Trains `classifier` (compiled, one output) and the head together. Batches are outliers.py's
     (images, labels, sample weights), whose uniform label rows are the shifted copies; its loss is the
     classifier's compiled loss plus `weight` times the head's mean logistic loss over the rows that
-    weigh anything (a copy that equals its image weighs nothing in either). Predicting and evaluating
-    answer the classifier's probabilities, so the history and early stopping read as without it."""
+    weigh anything in the global batch (a copy that equals its image weighs nothing in either).
+    Predicting and evaluating answer the classifier's probabilities, so accuracy, validation and early
+    stopping read as without it; the training loss includes the head's."""
 
     def __init__(self, classifier, weight, **kwargs):
         super().__init__(name=f"{classifier.name}_shift_head", **kwargs)
@@ -41,6 +42,8 @@ class ShiftHeadTrainer(keras.Model):
 
     def train_step(self, data):
         images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+        if weights is None:
+            raise ValueError("a shift head trains on outlier exposure's (images, labels, weights) batches")
         with tf.GradientTape() as tape:
             probabilities, features = self.features(images, training=True)
             loss = self.compute_loss(x=images, y=labels, y_pred=probabilities, sample_weight=weights)
@@ -48,15 +51,17 @@ class ShiftHeadTrainer(keras.Model):
             shifted = tf.cast(tf.reduce_max(labels, axis=-1) <= 0.5, tf.float32)  # uniform rows
             counted = tf.cast(weights > 0, tf.float32)
             per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=shifted, logits=logits)
-            head_loss = tf.reduce_sum(per_row * counted) / tf.maximum(tf.reduce_sum(counted), 1.0)
-            # Each replica's share: their gradients are summed, as compute_loss's are.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            total = loss + self.weight * head_loss / replicas
+            # Replicas' gradients are summed: each divides its rows' sum by the global batch's count
+            # (copies sit at the end of a batch, so replicas hold different shares of them).
+            counted_rows = tf.distribute.get_replica_context().all_reduce("sum", tf.reduce_sum(counted))
+            head_loss = tf.reduce_sum(per_row * counted) / tf.maximum(counted_rows, 1.0)
+            total = loss + self.weight * head_loss
             scaled = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights, strict=True))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         for metric in self.metrics:
-            if metric.name == "loss":  # the total, as Keras' own step tracks it
+            if metric.name == "loss":  # the total, as Keras' own step tracks it: unscaled by the replicas
                 metric.update_state(total * replicas)
         return self.compute_metrics(images, labels, probabilities, sample_weight=weights)
 
