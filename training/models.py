@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from .datasets import get_spec
+from .outliers import outlier_rows
 from .profiles import Profile, get_profile
 from .schedules import OneCycle
 
@@ -50,8 +51,7 @@ class LabelledAccuracy(keras.metrics.CategoricalAccuracy):
         super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        # One-hot rows have a 1; the uniform rows of two or more classes at most 0.5.
-        labelled = keras.ops.cast(keras.ops.max(y_true, axis=-1) > 0.5, "float32")
+        labelled = 1.0 - outlier_rows(y_true)
         return super().update_state(y_true, y_pred, sample_weight=labelled)
 
 

@@ -10,12 +10,19 @@ angle. None of it is part of the exported graph. A shift head (shift_head.py) ca
 copies to tell them from the images.
 """
 
+import keras
 import tensorflow as tf
 
 # A shifted copy that barely differs from its image (a grey photo with its channels swapped, a
 # symmetric one turned) is still that image: its weight is zero. Mean absolute difference, of [0, 1].
 MIN_DIFFERENCE = 0.03
 PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # all but the identity
+
+
+def outlier_rows(labels):
+    """float32 [N]: 1.0 where a label row is an outlier's uniform answer, 0.0 where it names a class.
+    One-hot rows have a 1; the uniform rows of two or more classes at most 0.5."""
+    return keras.ops.cast(keras.ops.max(labels, axis=-1) <= 0.5, "float32")
 
 
 def shifted_copies(images, generator):

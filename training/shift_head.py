@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from .models import LabelledAccuracy
+from .outliers import outlier_rows
 
 
 class ShiftHeadTrainer(keras.Model):
@@ -48,7 +49,7 @@ class ShiftHeadTrainer(keras.Model):
             probabilities, features = self.features(images, training=True)
             loss = self.compute_loss(x=images, y=labels, y_pred=probabilities, sample_weight=weights)
             logits = self.head(tf.cast(features, tf.float32))[:, 0]
-            shifted = tf.cast(tf.reduce_max(labels, axis=-1) <= 0.5, tf.float32)  # uniform rows
+            shifted = outlier_rows(labels)
             counted = tf.cast(weights > 0, tf.float32)
             per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=shifted, logits=logits)
             # Replicas' gradients are summed: each divides its rows' sum by the global batch's count
