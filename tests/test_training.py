@@ -23,7 +23,7 @@ from training.export import export_model, list_versions, load_exported_model
 from training.models import build_baseline_mlp, build_model
 from training.pipeline import train_and_export
 from training.shift_head import ShiftHeadTrainer
-from training.train import evaluate, train
+from training.train import CHECKPOINT_FILE, evaluate, train
 
 REQUIRED_FILES = {
     "mnist": ["mnist.npz"],
@@ -287,6 +287,26 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, name, shape, outlie
     assert all(0 <= accuracy <= 1 for accuracy in history["accuracy"] + history["val_accuracy"])
     assert not (tmp_path / "backup").exists()  # a finished run leaves no checkpoint to resume
     assert (tmp_path / "best.weights.h5").is_file()
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(tmp_path, data_dir, caplog):
+    """A run checkpointed before its recipe changed (here: cifar10 before the shift head) is refused with
+    a message that says so, before Keras fails half-way through loading it; the checkpoint is kept."""
+    require_data(data_dir, "cifar10")
+    run_dir = tmp_path / "logs" / "cifar10-cnn-tiny"
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model("cifar10", profile="tiny", steps_per_epoch=2), images, np.arange(40) % 10, epochs=2,
+              batch_size=20, validation_fraction=0.0, run_dir=run_dir, verbose=0,
+              callbacks=[StopAfterFirstEpoch()])
+    arguments = ["train", "--model", "cifar10", "--profile", "tiny", "--limit", "200", "--resume",
+                 "--data-dir", str(data_dir), "--models-dir", str(tmp_path / "models"),
+                 "--logs-dir", str(tmp_path / "logs")]
+    with caplog.at_level(logging.ERROR):
+        assert main(arguments) == 2
+    assert re.search(r"checkpoint in .*cifar10-cnn-tiny.* belongs to another network .*\(1,\).*Run without "
+                     r"--resume", caplog.text)
+    assert (run_dir / "backup" / CHECKPOINT_FILE).is_file() and not (tmp_path / "models").exists()
 
 
 def test_without_resume_a_run_starts_over(tmp_path):

@@ -223,12 +223,13 @@ def main(argv=None):
     from .export import VersionNotFoundError
     from .folders import DataFolderError
     from .importer import ModelImportError
+    from .train import CheckpointMismatchError
 
     try:
         return args.handler(args)
     # A message, not a traceback.
     except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError, StrategyError,
-            DataFolderError, ModelNameError, ModelImportError) as error:
+            DataFolderError, ModelNameError, ModelImportError, CheckpointMismatchError) as error:
         logger.error("%s", error)
         return 2
     except RegistryError as error:  # after the export: the version is in place, its model not listed

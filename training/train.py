@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -97,6 +98,8 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=early_stopping_patience, restore_best_weights=True))
     if run_dir is not None:  # after EpochLogger, so the history and TensorBoard logs carry the rate
+        if resume:
+            check_checkpoint(model, Path(run_dir) / "backup" / CHECKPOINT_FILE)
         callbacks += _checkpoint_callbacks(Path(run_dir), resume, validation_data is not None)
     result = model.fit(dataset, epochs=epochs, validation_data=validation_data, callbacks=callbacks,
                        shuffle=False, verbose=verbose)  # the dataset shuffles itself
@@ -111,6 +114,37 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
 
 HISTORY_FILE = "history.jsonl"
 BEST_WEIGHTS_FILE = "best.weights.h5"
+CHECKPOINT_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore's, in run_dir/backup
+
+
+class CheckpointMismatchError(ValueError):
+    """--resume found a checkpoint of another network: other classes, layers or recipe."""
+
+
+def check_checkpoint(model, path):
+    """Refuse to resume from a checkpoint whose weights do not fit `model`, with a message that says
+    what differs, before Keras fails half-way through loading it. Its file holds the weights by layer
+    index, not by name, so the shapes are compared as a multiset: a folder with another number of
+    classes, another profile's or architecture's network, or one from before a change of the recipe."""
+    if not path.exists():
+        return
+    import h5py  # Keras' own dependency for .weights.h5
+
+    saved = []
+    with h5py.File(path, "r") as checkpoint:
+        checkpoint.visititems(lambda name, item: saved.append(tuple(item.shape)) if isinstance(
+            item, h5py.Dataset) and "optimizer" not in name.split("/") else None)
+    wanted = Counter(tuple(weight.shape) for weight in model.weights)
+    missing, extra = Counter(saved) - wanted, wanted - Counter(saved)
+    if missing or extra:
+        def shapes(counter):
+            return ", ".join(f"{shape}" for shape in sorted(counter.elements())[:4]) or "none"
+
+        raise CheckpointMismatchError(
+            f"--resume: the checkpoint in {path.parent} belongs to another network ({len(saved)} weights; "
+            f"shapes {shapes(missing)} there are not in this run's, {shapes(extra)} here are not in the "
+            "checkpoint's): the classes, the profile or the recipe changed since it was written. Run "
+            "without --resume to start over (it deletes that checkpoint), or give another --logs-dir")
 
 
 def _checkpoint_callbacks(run_dir, resume, validating):
