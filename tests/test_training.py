@@ -384,13 +384,21 @@ def test_baseline_mlp_trains_on_the_course_recipe(tmp_path, data_dir):
     assert "baseline MLP" in (version_dir / "REPORT.md").read_text()
 
 
-def test_mixed_precision_training_exports_a_float32_graph(tmp_path, data_dir):
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_mixed_precision_training_exports_a_float32_graph(tmp_path, data_dir, name):
     # A GPU trains in mixed float16; the served graph must still be float32 for CPU servers.
-    # bfloat16 runs on any CPU, so this checks the same conversion here.
-    require_data(data_dir, "mnist")
-    version_dir = train_and_export("mnist", profile="tiny", precision="mixed_bfloat16", models_dir=tmp_path,
+    # bfloat16 runs on any CPU, so this checks the same conversion here. Tiny cifar10 trains with outlier
+    # exposure and the shift head, whose float32 logit the score reads from half-precision features.
+    require_data(data_dir, name)
+    version_dir = train_and_export(name, profile="tiny", precision="mixed_bfloat16", models_dir=tmp_path,
                                    data_dir=data_dir, limit=300, epochs=1, verbose=0, latency_runs=3)
-    assert read_json(version_dir / "assets.extra" / "evaluation.json")["precision"] == "mixed_bfloat16"
+    record = read_json(version_dir / "assets.extra" / "evaluation.json")
+    assert record["precision"] == "mixed_bfloat16"
+    assert ("shifted" in record["ood_method"]) == (name == "cifar10")
+    _, (x_test, _) = load_data(name, data_dir)
+    exported = load_exported_model(tmp_path, name)
+    _, scores = exported.predict_with_scores(x_test[:50].astype(np.float32) / 255)
+    assert np.all(np.isfinite(scores)) and np.ptp(scores) > 0
     graph = tf.saved_model.load(str(version_dir)).signatures["serving_default"].graph.as_graph_def()
     nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
     assert any(node.op == "Conv2D" for node in nodes)  # the network's ops are in the functions searched
