@@ -21,6 +21,26 @@ MODEL_NAMES = ("mnist", "fashion_mnist", "cifar10")
 DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "datasets"))
 
 
+# What each data set's loader reads from DATA_DIR.
+REQUIRED_FILES = {
+    "mnist": ["mnist.npz"],
+    "fashion_mnist": [f"fashion-mnist/{split}-{kind}-ubyte.gz"
+                      for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")],
+    "cifar10": ["cifar10.npz"],
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+def require_data(data_dir: Path, name: str) -> None:
+    missing = [file for file in REQUIRED_FILES[name] if not (data_dir / file).exists()]
+    if missing:
+        pytest.skip(f"{name} files missing from {data_dir}: {missing}")
+
+
 def encode(array: np.ndarray, image_format: str = "PNG", **options) -> bytes:
     """A uint8 [H, W, C] array as encoded image bytes."""
     image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)

@@ -6,7 +6,6 @@ all with tiny models. Metrics and pictures: test_training_report.py; recipes: te
 import gzip
 import json
 import logging
-import os
 import pickle
 import re
 from pathlib import Path
@@ -16,32 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import require_data
 from training.__main__ import main
 from training.augmentation import Augmentation
 from training.datasets import DATASETS, DatasetNotFoundError, load_data, load_exact_test_mask
 from training.export import export_model, list_versions, load_exported_model
 from training.models import build_baseline_mlp, build_model
 from training.pipeline import train_and_export
-from training.shift_head import ShiftHeadTrainer
-from training.train import CHECKPOINT_FILE, evaluate, train
-
-REQUIRED_FILES = {
-    "mnist": ["mnist.npz"],
-    "fashion_mnist": [f"fashion-mnist/{split}-{kind}-ubyte.gz"
-                      for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")],
-    "cifar10": ["cifar10.npz"],
-}
-
-
-@pytest.fixture(scope="session")
-def data_dir():
-    return Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
-
-
-def require_data(data_dir, name):
-    missing = [file for file in REQUIRED_FILES[name] if not (data_dir / file).exists()]
-    if missing:
-        pytest.skip(f"{name} files missing from {data_dir}: {missing}")
+from training.train import evaluate, train
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
@@ -247,79 +228,6 @@ def test_every_version_carries_its_report(tmp_path, data_dir):
     assert any((tmp_path / "logs" / "cifar10-cnn-tiny" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-class StopAfterFirstEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("interrupted")
-
-
-@pytest.mark.parametrize(("name", "shape", "outlier_exposure"),
-                         [("mnist", (28, 28, 1), 0.0), ("cifar10", (32, 32, 3), 0.25)])
-def test_resume_continues_from_the_last_checkpoint(tmp_path, name, shape, outlier_exposure):
-    """Also with outlier exposure: weighted (image, label, weight) batches, the accuracy that counts
-    only the images with a class and the shift head beside the classifier (tiny cifar10 has both) go
-    through the checkpoint and back."""
-    images = np.random.default_rng(0).integers(0, 256, (80, *shape), dtype=np.uint8)
-    labels = np.arange(80) % 10
-
-    def new_model():
-        model = build_model(name, profile="tiny", steps_per_epoch=3)
-        return ShiftHeadTrainer(model, 1.0) if outlier_exposure else model
-
-    model = new_model()
-    options = {"epochs": 3, "batch_size": 24, "validation_fraction": 0.1, "run_dir": tmp_path, "verbose": 0,
-               "outlier_exposure": outlier_exposure}
-    with pytest.raises(KeyboardInterrupt):
-        train(model, images, labels, callbacks=[StopAfterFirstEpoch()], **options)
-    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
-    saved = [weights.copy() for weights in model.get_weights()]
-
-    fresh = new_model()  # a new process would start like this
-    resumed = []
-    # The first epoch begins after BackupAndRestore has loaded the checkpoint.
-    first_epoch = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: resumed or resumed.extend(fresh.get_weights()))
-    history = train(fresh, images, labels, resume=True, callbacks=[first_epoch], **options)
-    for before, after in zip(saved, resumed, strict=True):  # training went on from the checkpoint ...
-        np.testing.assert_array_equal(before, after)
-    assert int(fresh.optimizer.iterations) == 3 * 3  # ... with its optimizer state (hence the schedule)
-    assert len(history["loss"]) == 3  # the history file holds the epochs from before the interruption too
-    assert all(0 <= accuracy <= 1 for accuracy in history["accuracy"] + history["val_accuracy"])
-    assert not (tmp_path / "backup").exists()  # a finished run leaves no checkpoint to resume
-    assert (tmp_path / "best.weights.h5").is_file()
-
-
-def test_resume_refuses_a_checkpoint_of_another_network(tmp_path, data_dir, caplog):
-    """A run checkpointed before its recipe changed (here: cifar10 before the shift head) is refused with
-    a message that says so, before Keras fails half-way through loading it; the checkpoint is kept."""
-    require_data(data_dir, "cifar10")
-    run_dir = tmp_path / "logs" / "cifar10-cnn-tiny"
-    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    with pytest.raises(KeyboardInterrupt):
-        train(build_model("cifar10", profile="tiny", steps_per_epoch=2), images, np.arange(40) % 10, epochs=2,
-              batch_size=20, validation_fraction=0.0, run_dir=run_dir, verbose=0,
-              callbacks=[StopAfterFirstEpoch()])
-    arguments = ["train", "--model", "cifar10", "--profile", "tiny", "--limit", "200", "--resume",
-                 "--data-dir", str(data_dir), "--models-dir", str(tmp_path / "models"),
-                 "--logs-dir", str(tmp_path / "logs")]
-    with caplog.at_level(logging.ERROR):
-        assert main(arguments) == 2
-    assert re.search(r"checkpoint in .*cifar10-cnn-tiny.* belongs to another network .*\(1,\).*Run without "
-                     r"--resume", caplog.text)
-    assert (run_dir / "backup" / CHECKPOINT_FILE).is_file() and not (tmp_path / "models").exists()
-
-
-def test_without_resume_a_run_starts_over(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
-    model = build_model("mnist", profile="tiny", steps_per_epoch=2)
-    options = {"epochs": 2, "batch_size": 20, "validation_fraction": 0.0, "run_dir": tmp_path, "verbose": 0}
-    with pytest.raises(KeyboardInterrupt):
-        train(model, images, np.arange(40) % 10, callbacks=[StopAfterFirstEpoch()], **options)
-    fresh = build_model("mnist", profile="tiny", steps_per_epoch=2)
-    history = train(fresh, images, np.arange(40) % 10, **options)
-    assert len(history["loss"]) == 2 and int(fresh.optimizer.iterations) == 2 * 2
-
-
 def test_an_interrupted_export_leaves_nothing_in_models(tmp_path):
     model = build_model("mnist", profile="tiny", steps_per_epoch=1)
 
@@ -405,15 +313,3 @@ def test_mixed_precision_training_exports_a_float32_graph(tmp_path, data_dir, na
     half_types = {tf.bfloat16.as_datatype_enum, tf.float16.as_datatype_enum}
     assert [node.name for node in nodes if "T" in node.attr and node.attr["T"].type in half_types] == []
     assert keras.mixed_precision.global_policy().name == "float32"  # the policy is restored afterwards
-
-
-def test_cli_resume_without_a_checkpoint_starts_from_the_first_epoch(tmp_path, data_dir, caplog):
-    require_data(data_dir, "mnist")
-    arguments = ["train", "--model", "mnist", "--profile", "tiny", "--limit", "300", "--epochs", "1",
-                 "--models-dir", str(tmp_path / "models"), "--data-dir", str(data_dir),
-                 "--logs-dir", str(tmp_path / "logs"), "--resume"]
-    assert main(arguments) == 0
-    assert "no checkpoint" in caplog.text
-    record = read_json(tmp_path / "models" / "mnist" / "1" / "assets.extra" / "evaluation.json")
-    assert record["resumed"] is False and record["epochs_run"] == 1
-    assert (tmp_path / "logs" / "mnist-cnn-tiny" / "history.jsonl").read_text().count("\n") == 1

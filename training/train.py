@@ -98,9 +98,11 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=early_stopping_patience, restore_best_weights=True))
     if run_dir is not None:  # after EpochLogger, so the history and TensorBoard logs carry the rate
+        # What a checkpoint's optimizer state and schedule depend on besides the weights.
+        setup = {"precision": keras.mixed_precision.global_policy().name, "batch_size": batch_size}
         if resume:
-            check_checkpoint(model, Path(run_dir) / "backup" / CHECKPOINT_FILE)
-        callbacks += _checkpoint_callbacks(Path(run_dir), resume, validation_data is not None)
+            check_checkpoint(model, Path(run_dir), setup)
+        callbacks += _checkpoint_callbacks(Path(run_dir), resume, validation_data is not None, setup)
     result = model.fit(dataset, epochs=epochs, validation_data=validation_data, callbacks=callbacks,
                        shuffle=False, verbose=verbose)  # the dataset shuffles itself
     if run_dir is not None:
@@ -115,17 +117,21 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
 HISTORY_FILE = "history.jsonl"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 CHECKPOINT_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore's, in run_dir/backup
+SETUP_FILE = "setup.json"  # the precision and global batch the run's checkpoints were written under
 
 
 class CheckpointMismatchError(ValueError):
     """--resume found a checkpoint of another network: other classes, layers or recipe."""
 
 
-def check_checkpoint(model, path):
-    """Refuse to resume from a checkpoint whose weights do not fit `model`, with a message that says
-    what differs, before Keras fails half-way through loading it. Its file holds the weights by layer
-    index, not by name, so the shapes are compared as a multiset: a folder with another number of
-    classes, another profile's or architecture's network, or one from before a change of the recipe."""
+def check_checkpoint(model, run_dir, setup):
+    """Refuse to resume from a checkpoint that does not fit this run, with a message that says what
+    differs, before Keras fails half-way through loading it, or loads the weights but silently drops
+    an optimizer state of another shape (another precision's loss scaling) and restarts the schedule.
+    The file holds the weights by layer index, not by name, so their shapes are compared as a multiset:
+    a folder with another number of classes, another profile's or architecture's network, or one from
+    before a change of the recipe."""
+    path = run_dir / "backup" / CHECKPOINT_FILE
     if not path.exists():
         return
     import h5py  # Keras' own dependency for .weights.h5
@@ -145,13 +151,24 @@ def check_checkpoint(model, path):
             f"shapes {shapes(missing)} there are not in this run's, {shapes(extra)} here are not in the "
             "checkpoint's): the classes, the profile or the recipe changed since it was written. Run "
             "without --resume to start over (it deletes that checkpoint), or give another --logs-dir")
+    written = run_dir / SETUP_FILE
+    before = json.loads(written.read_text()) if written.exists() else setup  # runs from before the file
+    changed = [f"{key} {before.get(key)} there, {value} here" for key, value in setup.items()
+               if before.get(key) != value]
+    if changed:
+        raise CheckpointMismatchError(
+            f"--resume: the checkpoint in {path.parent} was trained with another setup "
+            f"({'; '.join(changed)}; the batch is per replica times replicas). Resume with the --precision "
+            "and --strategy it was trained with, or run without --resume to start over")
 
 
-def _checkpoint_callbacks(run_dir, resume, validating):
+def _checkpoint_callbacks(run_dir, resume, validating, setup):
     backup = run_dir / "backup"
     history = run_dir / HISTORY_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     best_so_far = None  # the best val_accuracy of the epochs before a resume
+    if not (resume and (backup / "training_metadata.json").exists()):
+        (run_dir / SETUP_FILE).write_text(json.dumps(setup) + "\n")  # a new run: its checkpoints' setup
     if not resume:
         shutil.rmtree(backup, ignore_errors=True)
         history.unlink(missing_ok=True)
