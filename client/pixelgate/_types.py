@@ -134,6 +134,8 @@ class VersionStatus:
     version: int
     state: str
     error: str = ""
+    # The threshold `version=` requests are flagged against (None: no score, not AVAILABLE, older gateways)
+    out_of_distribution: OutOfDistribution | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,9 @@ class ModelDetail(ModelInfo):
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelDetail:
         versions = [
-            VersionStatus(v["version"], v["state"], v.get("error") or "") for v in body.get("versions", [])
+            VersionStatus(v["version"], v["state"], v.get("error") or "",
+                          OutOfDistribution.from_json(v.get("out_of_distribution")))
+            for v in body.get("versions", [])
         ]
         available = any(v.state == "AVAILABLE" for v in versions)
         return cls(

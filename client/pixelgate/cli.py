@@ -134,8 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _predict(client: Client, args: argparse.Namespace) -> int:
     heatmap_dir = _heatmap_dir(args)
     files = find_images(args.paths, recursive=not args.no_recursive)
-    if heatmap_dir is not None:  # heatmaps of an earlier run are not images to classify
-        files = [file for file in files if not _is_within(file, heatmap_dir)]
     if not files:
         raise ValueError(f"no image files (.png, .jpg, .gif, .bmp, .webp, .tif) in {' '.join(args.paths)}")
     started = time.perf_counter()
@@ -182,11 +180,6 @@ def _heatmap_dir(args: argparse.Namespace) -> Path | None:
         output = Path(args.output)
         return output.with_name(f"{output.stem}-heatmaps")
     return Path("heatmaps")
-
-
-def _is_within(file: Path, folder: Path) -> bool:
-    file_path, folder_path = os.path.abspath(file), os.path.abspath(folder)
-    return os.path.commonpath([file_path, folder_path]) == folder_path
 
 
 def _flagged(results: list[FileResult]) -> str:
@@ -243,15 +236,18 @@ def _print_model(model: ModelDetail, as_json: bool) -> None:
     )
     ood = model.out_of_distribution
     if ood is None:
-        print("out-of-distribution flag: none (this version was exported without a score)")
+        print("out-of-distribution flag: none (this version answers no score, or no threshold the gateway "
+              "could read)")
     else:
         rate = ood.target_in_distribution_flag_rate
         calibrated = f", calibrated to flag {rate:.0%} of in-distribution images" if rate is not None else ""
         method = f" ({ood.method})" if ood.method else ""
         print(f"out-of-distribution flag: score above {ood.threshold:.4g}{method}{calibrated}")
-    _print_rows(
-        [("VERSION", "STATE", "ERROR")] + [(str(v.version), v.state, v.error) for v in model.versions]
-    )
+    rows = [("VERSION", "STATE", "OOD THRESHOLD", "ERROR")]
+    for v in model.versions:
+        threshold = f"{v.out_of_distribution.threshold:.4g}" if v.out_of_distribution else "-"
+        rows.append((str(v.version), v.state, threshold, v.error))
+    _print_rows(rows)
 
 
 def _print_health(health: Health, as_json: bool) -> int:

@@ -26,6 +26,7 @@ from serving.gateway.errors import (
     InvalidRequestError,
     ModelMisconfiguredError,
     ModelNotFoundError,
+    ModelServerUnavailableError,
 )
 from serving.gateway.explanations import ExplanationSignature
 from serving.gateway.limits import ImageLimits, check_image_sizes
@@ -90,23 +91,7 @@ class Gateway:
         metrics.PREPROCESS_SECONDS.labels(name).observe(trace.preprocess_seconds)
         metrics.observe_inputs(name, batch, [f.inverted for f in framings], [f.cropped for f in framings])
         started = time.perf_counter()
-        try:
-            answer = self._send(info, batch, request_id)
-        except ModelNotFoundError:
-            if options.version is not None:
-                raise
-            # The cached latest version was unloaded meanwhile, or (several model servers, a new version
-            # rolling out) the replica the call reached has another one: ask again once. Without a label,
-            # for whichever version is latest on the replica that takes the call (asking the catalog again
-            # could name the other replica's), and read the answer by the version that gave it.
-            self.catalog.forget(name)
-            if options.label is None:
-                answer = self._send(info, batch, request_id, pinned=False)
-                info = self.catalog.resolve(name, answer.version)
-            else:
-                info = self.catalog.resolve(name, None, options.label)
-                answer = self._send(info, batch, request_id)
-        saliency = self._explain(info, batch, request_id) if options.explain else None
+        info, answer, saliency = self._answer(info, batch, options, request_id)
         trace.model_server_seconds = time.perf_counter() - started
         trace.version = answer.version
         metrics.MODEL_SERVER_SECONDS.labels(name).observe(trace.model_server_seconds)
@@ -126,18 +111,53 @@ class Gateway:
                 prediction["preprocessing"] = {"mode": info.spec.mode, **framing.as_dict()}
         return {"model": name, "version": answer.version, "predictions": predictions}
 
+    def _answer(self, info: ModelInfo, batch: np.ndarray, options: PredictOptions,
+                request_id: str) -> tuple[ModelInfo, Answer, np.ndarray | None]:
+        """The prediction (and saliency maps) of `batch`, and the info of the version that gave them."""
+        try:
+            answer = self._send(info, batch, request_id)
+        except ModelNotFoundError:
+            if options.version is not None:
+                raise
+            # The cached latest version was unloaded meanwhile, or (several model servers, a new version
+            # rolling out) the replica the call reached has another one: ask again once. Without a label,
+            # for whichever version is latest on the replica that takes the call (asking the catalog again
+            # could name the other replica's), with no output filter: the versions may differ in their
+            # outputs (one exported without a score), and the answer is read by the version that gave it.
+            self.catalog.forget(info.name)
+            if options.label is None:
+                answer = self._send(info, batch, request_id, pinned=False)
+                info = self.catalog.resolve(info.name, answer.version)
+            else:
+                info = self.catalog.resolve(info.name, None, options.label)
+                answer = self._send(info, batch, request_id)
+        return info, answer, self._explain(info, batch, request_id) if options.explain else None
+
     def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str, pinned: bool = True) -> Answer:
-        """Predict `batch` with `info`'s version (not `pinned`: the model server's latest)."""
-        call = PredictCall(info.name, info.version if pinned else None, info.input_key, info.output_keys,
-                           batch, (request_id,) if request_id else ())
+        """Predict `batch` with `info`'s version and outputs (not `pinned`: with the model server's latest
+        version, which answers every output it has)."""
+        call = PredictCall(info.name, info.version if pinned else None, info.input_key,
+                           info.output_keys if pinned else (), batch, (request_id,) if request_id else ())
         return self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
 
     def _explain(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> np.ndarray:
-        """Saliency maps [N, H, W] of the batch, from the version's explanation signature."""
+        """Saliency maps [N, H, W] of the batch, from the explanation signature of the version that
+        predicted it."""
         signature = _explanation_signature(info)
         call = PredictCall(info.name, info.version, signature.input_key, (signature.output_key,), batch,
                            (request_id,) if request_id else (), signature_name=signature.name)
-        answer = self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
+        deadline = time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"]
+        try:
+            answer = self.planner.predict(call, deadline)
+        except ModelNotFoundError:
+            # It answered the prediction a moment ago: mid-rollout, this call reached a replica without it
+            # (the next one goes to another), or it was unloaded since. The model is there either way.
+            try:
+                answer = self.planner.predict(call, deadline)
+            except ModelNotFoundError:
+                raise ModelServerUnavailableError(
+                    f"model '{info.name}' version {info.version} was unloaded while its explanation was "
+                    "computed (a new version is rolling out); retry") from None
         saliency = _rows(answer, signature.output_key, len(batch), info.name)
         frame = (info.spec.height, info.spec.width)
         if saliency.shape[1:] not in (frame, (*frame, 1)):
@@ -169,12 +189,23 @@ class Gateway:
         versions = self.client.status(name)
         body: dict[str, Any] = {
             "name": name,
-            "versions": [{"version": v.version, "state": v.state, "error": v.error} for v in versions],
+            "versions": [{"version": v.version, "state": v.state, "error": v.error,
+                          "out_of_distribution": self._threshold_of(name, v.version)
+                          if v.state == "AVAILABLE" else None} for v in versions],
         }
         if any(v.state == "AVAILABLE" for v in versions):
             body.update(describe(self.catalog.resolve(name)))
             body["name"] = name
         return body
+
+    def _threshold_of(self, name: str, version: int) -> dict[str, Any] | None:
+        """A served version's out-of-distribution threshold (`?version=` requests are flagged against
+        it), or None: exported without a score, or its metadata unreadable just now."""
+        try:
+            ood = self.catalog.resolve(name, version).out_of_distribution
+        except GatewayError:
+            return None
+        return ood.describe() if ood else None
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether every served model is AVAILABLE and usable, and each one's state. With several model
