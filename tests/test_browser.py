@@ -273,7 +273,12 @@ def test_explain_overlays_the_heatmap_on_the_image_the_model_saw(page, gateway_u
     assert severe_console_errors(page) == []
 
 
-def test_a_file_that_is_not_an_image_shows_the_gateway_error(page, tmp_path):
+def test_a_file_that_is_not_an_image_shows_the_gateway_error_in_place_of_the_last_answer(page, test_images,
+                                                                                         tmp_path):
+    digit = tmp_path / "digit.png"
+    digit.write_bytes(encode(test_images["mnist"][0][0]))
+    choose_model(page, "mnist")
+    assert upload(page, digit) == "done" and page.find_element("id", "result-label").text != "–"
     path = tmp_path / "notes.png"
     path.write_bytes(b"these are not pixels")
     page.find_element("id", "tab-upload").click()
@@ -282,6 +287,10 @@ def test_a_file_that_is_not_an_image_shows_the_gateway_error(page, tmp_path):
     assert wait_for_answer(page, before) == "error"
     error = page.find_element("id", "error")
     assert error.is_displayed() and "invalid_image" in error.text
+    # The last image's answer is gone, not shown beside this one's error as if it were its answer.
+    assert page.find_element("id", "result-label").text == "–"
+    assert page.find_element("id", "bars").find_elements("tag name", "li") == []
+    assert not page.find_element("id", "preprocessed").is_displayed()
 
 
 def test_page_needs_nothing_from_elsewhere(gateway_url):

@@ -334,6 +334,7 @@ function showExplanation(prediction, requested) {
 }
 
 function showError(error) {
+  clearAnswer("No answer: see the error below.");  // never the last answer beside this request's error
   const box = $("error");
   box.hidden = false;
   box.innerHTML = `<strong>${escapeHtml(error.message)}</strong>${error.code ? ` <code>${escapeHtml(error.code)}</code>` : ""}`;
@@ -343,20 +344,25 @@ function showError(error) {
 
 function resetResult() {
   state.sequence += 1;
+  clearAnswer("Draw or upload an image to see what the model thinks.");
+  $("error").hidden = true;
+  $("preprocessed-placeholder").textContent = "no image yet";
+  $("result").dataset.state = "idle";
+}
+
+function clearAnswer(served) {
   $("result-label").textContent = "–";
   $("result-label").classList.remove("long");
   $("result-probability").innerHTML = "&nbsp;";
-  $("result-served").textContent = "Draw or upload an image to see what the model thinks.";
+  $("result-served").textContent = served;
   $("bars").innerHTML = "";
-  $("error").hidden = true;
   $("preprocessed").hidden = true;
   $("preprocessed-placeholder").hidden = false;
-  $("preprocessed-placeholder").textContent = "no image yet";
   $("ood-notice").hidden = true;
   $("heatmap").hidden = true;
+  $("heatmap").removeAttribute("src");
   $("explain-caption").hidden = true;
   delete $("result").dataset.inDistribution;
-  $("result").dataset.state = "idle";
 }
 
 function escapeHtml(text) {
