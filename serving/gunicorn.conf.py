@@ -29,6 +29,9 @@ graceful_timeout = settings["GATEWAY_GRACEFUL_TIMEOUT"]
 keepalive = 5
 accesslog = None  # the app logs one line per request itself
 loglevel = settings["LOG_LEVEL"].lower()
+# gunicorn >= 25 opens a control socket for gunicornc at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# every gateway on a host (replicas, tests) would take it over from the one before. Nothing here uses it.
+control_socket_disable = True
 
 
 def on_starting(server):

@@ -281,13 +281,18 @@ def main() -> int:
     parser.add_argument("--rest-port", type=int, default=os.environ.get("MODEL_SERVER_REST_PORT", "8501"))
     parser.add_argument("--http-port", type=int, default=os.environ.get("GATEWAY_PORT", "8000"))
     # Server-side dynamic batching with the CPU parameters tuned in docs/benchmarks.md ("" turns it off).
+    # The checkout's own file by default, whatever the working directory (a relative default failed as
+    # "the model server exited ... A port in use?" when started from elsewhere).
     parser.add_argument("--batching-parameters-file", default=os.environ.get(
-        "BATCHING_PARAMETERS_FILE", "serving/config/batching_parameters.txt"))
+        "BATCHING_PARAMETERS_FILE", str(ROOT / "serving" / "config" / "batching_parameters.txt")))
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
     # Model servers behind the gateway, on gRPC ports from --grpc-port on (REST on the first only).
     # A string default goes through `type` too: REPLICAS=two is a usage error, not a traceback.
     parser.add_argument("--replicas", type=_replica_count, default=os.environ.get("REPLICAS") or "1")
     args = parser.parse_args()
+    if args.batching_parameters_file and not Path(args.batching_parameters_file).is_file():
+        parser.error(f"--batching-parameters-file {args.batching_parameters_file}: no such file "
+                     "(give an existing BatchingParameters text file, or '' for no batching)")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(message)s")
 

@@ -139,7 +139,8 @@ def test_listing_detail_and_readiness(gateway):
     (listed,) = gateway.list_models()
     assert (listed["name"], listed["state"], listed["classes"]) == ("toy", "AVAILABLE", CLASSES)
     detail = gateway.model_detail("toy")
-    assert detail["versions"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+    assert detail["versions"] == [
+        {"version": 1, "state": "AVAILABLE", "error": "", "out_of_distribution": None}]  # exported without
     assert detail["input"]["shape"] == [4, 4, 1]
     assert gateway.readiness() == (True, {"toy": "AVAILABLE"})
 
@@ -184,9 +185,13 @@ def test_a_setting_that_is_not_a_boolean_names_the_variable(text):
         load_config(environ={"GATEWAY_REUSE_PORT": text})
 
 
-def test_the_body_timeout_must_be_positive():
-    with pytest.raises(ValueError, match="GATEWAY_BODY_TIMEOUT_SECONDS"):
-        load_config(environ={"GATEWAY_BODY_TIMEOUT_SECONDS": "0"})
+@pytest.mark.parametrize(("key", "text"), [
+    ("GATEWAY_BODY_TIMEOUT_SECONDS", "0"), ("MAX_IMAGES_PER_EXPLAIN", "0"), ("MAX_IMAGES_PER_EXPLAIN", "-1"),
+    ("MAX_TOP_K", "0"), ("REQUEST_TIMEOUT_SECONDS", "-0.5")])
+def test_limits_and_timeouts_must_be_positive(key, text):
+    # MAX_IMAGES_PER_EXPLAIN=-1 answered every explained request "at most -1 are explained at once".
+    with pytest.raises(ValueError, match=f"{key}={text!r} must be greater than zero"):
+        load_config(environ={key: text})
 
 
 def test_create_app_imports_neither_gunicorn_nor_tensorflow():

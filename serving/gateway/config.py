@@ -59,7 +59,13 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_BODY_TIMEOUT_SECONDS": 30.0,  # a request's whole body must arrive within this
 }
 
-_POSITIVE = frozenset({"GATEWAY_BODY_TIMEOUT_SECONDS"})  # 0 or less would refuse every body
+# 0 or less would refuse every request (or image, or body), or answer a nonsense error for each.
+_POSITIVE = frozenset({
+    "GATEWAY_BODY_TIMEOUT_SECONDS", "REQUEST_TIMEOUT_SECONDS", "READINESS_TIMEOUT_SECONDS",
+    "MAX_CONTENT_LENGTH", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGES_PER_EXPLAIN", "MAX_IMAGES_PER_CALL",
+    "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_REQUEST_PIXELS", "MAX_TOP_K", "DEFAULT_TOP_K",
+    "COALESCE_MAX_IN_FLIGHT",
+})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
