@@ -52,6 +52,8 @@ def test_each_prediction_carries_the_signatures_saliency_and_its_heatmap(gateway
         assert prediction["probability"] == pytest.approx(unexplained["probability"], abs=1e-6)
         explained = prediction["explanation"]
         assert explained["method"] == described["method"]
+        listed = requests.get(f"{gateway_url}/v1/models/{name}", timeout=30).json()["explanation"]
+        assert listed == {"method": described["method"]}
         answered = np.array(explained["saliency"])
         assert answered.shape == (height, width) and (answered >= 0).all()
         peak = float(saliency.max())

@@ -154,6 +154,8 @@ def test_an_old_export_refuses_explanations_with_a_400_naming_the_version(old_ex
     body = response.get_json()
     assert body["code"] == "explanation_unavailable"
     assert "'digits' version 1" in body["error"]
+    # The listing says so beforehand, so that a page or client need not find out by a 400.
+    assert old_export_gateway.get("/v1/models/digits").get_json()["explanation"] is None
     # The limit is checked first: it needs no model.
     response = old_predict(old_export_gateway, images[:9], "?explain=true")
     assert response.get_json()["code"] == "too_many_images_to_explain"

@@ -257,6 +257,8 @@ def describe(info: ModelInfo) -> dict[str, Any]:
         "classes": list(info.classes),
         "test_accuracy": info.test_accuracy,  # the version's assets.extra/evaluation.json; null if absent
         "out_of_distribution": info.out_of_distribution.describe() if info.out_of_distribution else None,
+        # Whether explain=true works with this version (null: exported without an explanation signature).
+        "explanation": {"method": info.explanation.method} if info.explanation else None,
     }
 
 

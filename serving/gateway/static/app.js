@@ -115,6 +115,12 @@ function onModelChange(predictAgain = true) {
   $("tab-draw").title = drawable ? "" : "drawing is for the 28×28 models; upload an image instead";
   if (!drawable) selectTab("upload");
   else if (state.inputKind !== "upload") selectTab("draw");
+  // A version exported without an explanation signature would answer every explained request 400.
+  const explainable = model.explanation !== null;  // undefined: an older gateway, which does not say
+  $("explain").disabled = !explainable;
+  $("explain").parentElement.title = explainable
+    ? "explain=true: a heatmap of the pixels that pushed the model towards its label"
+    : `${model.name} v${model.version} was exported without explanations`;
   if (predictAgain && state.input) predict(state.input);
 }
 
@@ -218,7 +224,7 @@ async function predict(blob) {
   const sequence = ++state.sequence;  // answers to older requests are dropped when they arrive late
   const form = new FormData();
   form.append("image", blob, blob.name || "image.png");
-  const explain = $("explain").checked;
+  const explain = $("explain").checked && !$("explain").disabled;
   const query = new URLSearchParams({ top_k: $("top-k").value || "3", debug: "true" });
   if (explain) query.set("explain", "true");
   $("result").dataset.state = "loading";
