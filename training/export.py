@@ -41,6 +41,24 @@ class VersionNotFoundError(ValueError):
     """The model has no exported version, or not the one asked for."""
 
 
+class OutputFolderError(ValueError):
+    """A folder the run would write to is a file, or one this process cannot write to."""
+
+
+def check_output_folder(path, what):
+    """Refuse, before a run trains for minutes, a folder it could not write its results to: a file where
+    the folder would be, or under it, or a folder (or the nearest one that exists) without write access."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputFolderError(f"{what} {path}: {existing} is a file, not a folder; give another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"{what} {path}: this process may not write in {existing}; give another "
+                                f"{what}")
+
+
 def list_versions(models_dir, name):
     folder = Path(models_dir) / name
     if not folder.is_dir():

@@ -17,7 +17,7 @@ from serving.model_config import register_model
 
 from . import ood
 from .datasets import DatasetSpec, check_model_name
-from .export import ExportedModel, export_model, preprocessing_spec
+from .export import ExportedModel, check_output_folder, export_model, preprocessing_spec
 from .folders import check_image_size, read_test_folder
 from .foreign_images import as_served
 from .metrics import classification_metrics
@@ -38,10 +38,7 @@ SUM_TOLERANCE = 1e-3
 # With --data, every image measures the accuracy; half of them (a fixed shuffle) calibrate the
 # out-of-distribution threshold and the other half measure it, as a trained model's validation and test
 # splits.
-# Fewer calibration images than this and no score: a component's p-value is never below 1 / (n + 1), so
-# with few images far-off inputs score little above typical ones (with 30, a threshold of 4.0 let uniform
-# noise through at 3.5), and a 5 % threshold rests on one or two images.
-MIN_CALIBRATION_IMAGES = 50
+MIN_CALIBRATION_IMAGES = ood.MIN_CALIBRATION_IMAGES  # fewer: exported without a score
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +52,7 @@ def import_model(name, model_path, labels_path, *, models_dir="models", preproce
     """Check and export `model_path` as the next version of model `name`; returns the version directory.
     `ood_images`: foreign images of each kind for the report's out-of-distribution table."""
     check_model_name(name)
+    check_output_folder(Path(models_dir) / name, "--models-dir")
     classes = read_labels(labels_path)
     model = load_classifier(model_path)
     height, width, channels = input_size(model, image_size)

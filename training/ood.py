@@ -21,6 +21,7 @@ behind these choices: docs/training.md.
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import tensorflow as tf
@@ -35,15 +36,25 @@ COMPONENTS = {"light_on_dark": ("energy", "mahalanobis"),
 # how sure the answer is (max-softmax: Hendrycks & Gimpel 2017) and, for photos, the input's texture.
 ANSWER_COMPONENTS = {"light_on_dark": ("max_softmax",), "photo": ("max_softmax", "smoothness")}
 TWO_SIDED = ("smoothness",)  # components whose distance either way from the validation mean counts
+logger = logging.getLogger(__name__)
+
 OUTPUT_KEY = "ood_score"
 ASSET = "ood.json"
 TARGET_FLAG_RATE = 0.05
+# Fewer calibration (validation) images than this and no score: a component's p-value is never below
+# 1 / (n + 1), so with few images far-off inputs score little above typical ones (with 30, a threshold of 4.0
+# let uniform noise through at 3.5), and a 5 % threshold rests on one or two images (one image gave a
+# threshold of 0, which flags every input; 10 images flagged 22 % of the test images).
+MIN_CALIBRATION_IMAGES = 50
 SHRINKAGE = 1e-3  # of the mean variance, added to the covariance's diagonal
 INPUT_COMPONENTS = 32  # principal components of the input that reconstruct it
 EMPTY_SCORE = 1000.0  # added to an empty frame's score: far above any threshold
 MIN_RANGE = 0.1  # a frame whose pixels span less than this (of [0, 1]) is empty
 FOREGROUND_LEVEL = 0.5  # light-on-dark data sets: a pixel above this is foreground
 FEW_IMAGES = 1000  # fewer fitting images than this: the empty-frame rule's cut-off is set lower
+# A training set with more (nearly) empty frames than this share has them as data (colour swatches, plain
+# cards, images of a pixel or two): then the rule would flag the model's own classes, so it is not applied.
+MAX_EMPTY_SHARE = 0.01
 
 
 @dataclasses.dataclass
@@ -52,6 +63,7 @@ class OodScore:
 
     standardization: dict  # component -> (mean, standard deviation) on the validation split
     min_foreground_pixels: int = 0  # light-on-dark: fewer foreground pixels than this is an empty frame
+    empty_frame_rule: bool = True  # False: the training images hold empty frames (MAX_EMPTY_SHARE)
     feature_mean: np.ndarray | None = None  # mahalanobis: [D] of the pooled features
     feature_projection: np.ndarray | None = None  # [D, D]: a square root of the shared precision
     feature_cross: np.ndarray | None = None  # [D, classes]
@@ -79,7 +91,8 @@ class OodScore:
             "target_in_distribution_flag_rate": TARGET_FLAG_RATE,
             "calibration": self.calibration,
             "empty_frame": {"min_range": MIN_RANGE, "foreground_level": FOREGROUND_LEVEL,
-                            "min_foreground_pixels": self.min_foreground_pixels, "score_added": EMPTY_SCORE},
+                            "min_foreground_pixels": self.min_foreground_pixels, "score_added": EMPTY_SCORE}
+            if self.empty_frame_rule else None,
         }
 
 
@@ -130,6 +143,12 @@ def fit_ood_score(features, labels, images, num_classes, *, light_on_dark, compo
         # images empty on average, 2 % one time in 20; a quarter 0.1 % and 0.6 %).
         share = 0.5 if len(counts) >= FEW_IMAGES else 0.25
         score.min_foreground_pixels = int(share * np.percentile(counts, 0.01))
+    empty = float(np.mean(np.asarray(empty_frames(score, tf.constant(np.asarray(images, np.float32))))))
+    if empty > MAX_EMPTY_SHARE:
+        logger.warning("%.1f%% of the training images are (nearly) empty frames, more than %.0f%%: they are "
+                       "this model's data, so the score does not flag empty frames by rule", 100 * empty,
+                       100 * MAX_EMPTY_SHARE)
+        score.empty_frame_rule = False
     if "mahalanobis" in components:
         _fit_mahalanobis(score, np.asarray(features["penultimate"], np.float64), labels, num_classes)
     if "input_pca" in components:
@@ -207,7 +226,10 @@ def component_scores(score, images, features, logits):
 
 
 def empty_frames(score, images):
-    """bool [N]: where the frame is (nearly) constant or, light on dark, has almost no foreground."""
+    """bool [N]: where the frame is (nearly) constant or, light on dark, has almost no foreground (never,
+    where the score's empty-frame rule is off)."""
+    if not score.empty_frame_rule:
+        return tf.zeros([tf.shape(images)[0]], tf.bool)
     # In every channel: a solid colour is empty too.
     if images.shape[-1] == 1:  # one channel: no maximum over channels to take
         spread = tf.reduce_max(images, axis=[1, 2, 3]) - tf.reduce_min(images, axis=[1, 2, 3])
@@ -224,6 +246,8 @@ def empty_frames(score, images):
 def ood_scores(score, images, features, logits):
     """The score [N]: the combined components, plus EMPTY_SCORE for an empty frame."""
     combined = combine(score, oriented_components(score, images, features, logits))
+    if not score.empty_frame_rule:
+        return combined
     return tf.where(empty_frames(score, images), combined + EMPTY_SCORE, combined)
 
 

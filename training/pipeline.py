@@ -21,7 +21,7 @@ from serving.model_config import register_model
 from . import ood, ood_features
 from .datasets import get_spec, load_data, load_exact_test_mask
 from .distribute import get_distribution, scale_for_replicas, worker_run_dir
-from .export import ExportedModel, export_model, preprocessing_spec
+from .export import ExportedModel, check_output_folder, export_model, preprocessing_spec
 from .folding import fold_batch_normalization
 from .foreign_images import as_served
 from .metrics import apply_temperature, classification_metrics, expected_calibration_error, fit_temperature
@@ -61,6 +61,9 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     other workers return None.
     """
     distribution = get_distribution(strategy)  # before any other TensorFlow op
+    check_output_folder(Path(models_dir) / name, "--models-dir")
+    if logs_dir:
+        check_output_folder(Path(logs_dir), "--logs-dir")
     if data is None:
         spec = get_spec(name)
         (x_train, y_train), (x_test, y_test) = load_data(name, data_dir)
@@ -197,7 +200,12 @@ def train_and_export(name, *, profile="quick", models_dir="models", data_dir=Non
     elif data is not None:  # a folder's test split holds a few hundred images: 500 of each foreign kind do
         ood_images = ood_images or 500
     ood_score = None
-    if settings is not None and settings.validation_fraction:
+    validation_images = metadata["validation_images"]
+    if settings is not None and validation_images < ood.MIN_CALIBRATION_IMAGES:
+        logger.warning("%s: %d validation images, fewer than the %d an out-of-distribution threshold is "
+                       "calibrated on: exported without a score (answers null); train on more images",
+                       name, validation_images, ood.MIN_CALIBRATION_IMAGES)
+    elif settings is not None:
         ood_score = fit_ood_score(serving_model, spec, x_train, y_train, settings.validation_fraction, seed,
                                   shift_head=trainer.head_weights() if trainer else None)
         metadata["ood_threshold"] = ood_score.threshold
