@@ -244,6 +244,33 @@ def test_an_interrupted_export_leaves_nothing_in_models(tmp_path):
     assert list((tmp_path / "kept").rglob("*")) == [tmp_path / "kept" / "mnist"]  # what was there stays
 
 
+def test_sigterm_during_the_export_leaves_nothing_in_models(tmp_path, data_dir):
+    """What docker stop, Kubernetes and timeout send: the run stops as after Ctrl-C, through the cleanup
+    of the version it was writing (before, its staging folder stayed in models/mnist/ for good)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    require_data(data_dir, "mnist")
+    models = tmp_path / "models"
+    run = subprocess.Popen([sys.executable, "-m", "training", "train", "--model", "mnist", "--profile",
+                            "tiny", "--limit", "600", "--epochs", "1", "--models-dir", str(models),
+                            "--data-dir", str(data_dir), "--logs-dir", str(tmp_path / "logs")],
+                           cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(models.glob("mnist/.export-*")):  # the version is being written
+            assert run.poll() is None and time.monotonic() < deadline, "the export was never seen under way"
+            time.sleep(0.01)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        run.kill()
+    assert not (models / "mnist").exists()  # nothing half-written, not even the new model's folder
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (("--epochs", "-1"), "argument --epochs: '-1' is not a whole number of at least 1"),
     (("--epochs", "0"), "argument --epochs: '0' is not a whole number of at least 1"),
@@ -257,6 +284,32 @@ def test_cli_refuses_epochs_and_limits_below_one(tmp_path, capsys, arguments, me
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("option", ["--models-dir", "--logs-dir"])
+def test_cli_refuses_an_output_folder_it_cannot_write_before_training(tmp_path, caplog, option):
+    (tmp_path / "a-file").write_text("")
+    folders = {"--models-dir": str(tmp_path / "models"), "--logs-dir": str(tmp_path / "logs"),
+               option: str(tmp_path / "a-file" / "below")}
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["train", "--model", "mnist", "--profile", "tiny", "--data-dir",
+                       str(tmp_path / "no-data"), *(part for item in folders.items() for part in item)])
+    # Refused before the data are even read (there are none here), not after the training.
+    assert status == 2 and f"{option} {tmp_path / 'a-file' / 'below'}" in caplog.text
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (("--foreign-count", "0"), "'0' is not a whole number from 1 to 10,000"),
+    (("--foreign-count", "20000"), "'20000' is not a whole number from 1 to 10,000"),
+    (("--test-count", "-999"), "'-999' is not a whole number of at least 1"),  # was the last 999 left out
+    (("--seed", "-1"), "'-1' is not a whole number of at least 0"),
+])
+def test_cli_evaluate_refuses_counts_it_cannot_draw(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", "mnist", "--models-dir", str(tmp_path), *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_cli_image_size_zero_is_refused_for_a_built_in_model(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="training"):
         status = main(["train", "--model", "mnist", "--image-size", "0", "--models-dir", str(tmp_path)])
@@ -264,7 +317,7 @@ def test_cli_image_size_zero_is_refused_for_a_built_in_model(tmp_path, caplog):
     assert "--image-size and --preprocessing apply to --data folders only" in caplog.text
 
 
-def test_cli_if_missing_skips_exported_models(tmp_path, data_dir, capsys):
+def test_cli_if_missing_skips_exported_models(tmp_path, data_dir, capsys, caplog):
     require_data(data_dir, "mnist")
     arguments = ["train", "--model", "mnist", "--profile", "tiny", "--limit", "300", "--epochs", "1",
                  "--models-dir", str(tmp_path), "--data-dir", str(data_dir), "--if-missing"]
@@ -272,6 +325,9 @@ def test_cli_if_missing_skips_exported_models(tmp_path, data_dir, capsys):
     assert main(arguments) == 0
     assert list_versions(tmp_path, "mnist") == [1]
     assert "skipped" in capsys.readouterr().out
+    # 30 validation images are too few for a threshold (one image once gave 0: every input flagged).
+    assert "30 validation images, fewer than the 50" in caplog.text
+    assert not (tmp_path / "mnist" / "1" / "assets" / "ood.json").exists()
 
 
 def test_baseline_mlp_is_the_course_network():
@@ -299,7 +355,7 @@ def test_mixed_precision_training_exports_a_float32_graph(tmp_path, data_dir, na
     # exposure and the shift head, whose float32 logit the score reads from half-precision features.
     require_data(data_dir, name)
     version_dir = train_and_export(name, profile="tiny", precision="mixed_bfloat16", models_dir=tmp_path,
-                                   data_dir=data_dir, limit=300, epochs=1, verbose=0, latency_runs=3)
+                                   data_dir=data_dir, limit=500, epochs=1, verbose=0, latency_runs=3)
     record = read_json(version_dir / "assets.extra" / "evaluation.json")
     assert record["precision"] == "mixed_bfloat16"
     assert ("shifted" in record["ood_method"]) == (name == "cifar10")

@@ -98,6 +98,27 @@ def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
     assert int(resumed.optimizer.iterations) == 2 * 2
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"images": 30}, r"images 40:\w+ there, 30:\w+ here"),  # --limit, or a folder that lost images
+    ({"shuffled": True}, r"images 40:\w+ there, 40:\w+ here"),  # as many images, others
+    ({"epochs": 3}, "epochs 2 there, 3 here"),  # the schedule is sized in steps for the whole run
+])
+def test_resume_refuses_other_images_or_another_length(tmp_path, change, message):
+    """Images trained on before the interruption would otherwise land in the validation split, which
+    early stopping, the temperature and the out-of-distribution threshold are fitted on."""
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    options = {"batch_size": 20, "validation_fraction": 0.1, "run_dir": tmp_path, "verbose": 0}
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model("mnist", profile="tiny", steps_per_epoch=2), images, np.arange(40) % 10, epochs=2,
+              callbacks=[StopAfterFirstEpoch()], **options)
+    if change.get("shuffled"):
+        images = images[::-1]
+    images = images[:change.get("images", 40)]
+    with pytest.raises(CheckpointMismatchError, match=message):
+        train(build_model("mnist", profile="tiny", steps_per_epoch=2), images, np.arange(len(images)) % 10,
+              epochs=change.get("epochs", 2), resume=True, **options)
+
+
 def test_without_resume_a_run_starts_over(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
     model = build_model("mnist", profile="tiny", steps_per_epoch=2)

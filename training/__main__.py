@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 from .datasets import (  # noqa: E402
@@ -131,16 +132,25 @@ def samples_command(args):
     return 0
 
 
-def positive_int(text):
-    """argparse type: an integer of at least 1 (0 or -1 epochs exported an untrained model, a negative
-    --limit dropped the last images)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+def whole_number(low, high=None):
+    """argparse type: an integer from `low` to `high` (0 or -1 epochs exported an untrained model, a
+    negative --limit dropped the last images, a negative --test-count the last test images)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or high is not None and value > high:
+            bounds = f"of at least {low}" if high is None else f"from {low} to {high:,}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number {bounds}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
+# The foreign images of a kind come from another data set's 10,000 test images at most.
+FOREIGN_COUNT = whole_number(1, 10000)
 
 
 def build_parser():
@@ -189,17 +199,18 @@ def build_parser():
 
     evaluate = commands.add_parser("evaluate", help="measure an exported version on the test set")
     evaluate.add_argument("--model", required=True, choices=list(DATASETS))
-    evaluate.add_argument("--version", type=int, help="default: the latest")
-    evaluate.add_argument("--foreign-count", type=int, default=1000,
+    evaluate.add_argument("--version", type=positive_int, help="default: the latest")
+    evaluate.add_argument("--foreign-count", type=FOREIGN_COUNT, default=1000,
                           help="foreign images of each kind for the out-of-distribution table (default 1000)")
-    evaluate.add_argument("--test-count", type=int, help="test images for it (default: all)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the foreign images (default 0)")
+    evaluate.add_argument("--test-count", type=positive_int, help="test images for it (default: all)")
+    evaluate.add_argument("--seed", type=whole_number(0), default=0,
+                          help="seed of the foreign images (default 0)")
     evaluate.set_defaults(handler=evaluate_command)
 
     samples = commands.add_parser("samples", help="write test-set images as PNG files to try the API with")
     samples.add_argument("--model", required=True, choices=list(DATASETS))
-    samples.add_argument("--count", type=int, default=10)
-    samples.add_argument("--start", type=int, default=0, help="index of the first test image")
+    samples.add_argument("--count", type=positive_int, default=10)
+    samples.add_argument("--start", type=whole_number(0), default=0, help="index of the first test image")
     samples.add_argument("--output-dir", default="samples")
     samples.add_argument("--data-dir", help="default: $DATA_DIR, else ~/.keras/datasets")
     samples.set_defaults(handler=samples_command)
@@ -208,6 +219,10 @@ def build_parser():
         command.add_argument("--models-dir", default=os.environ.get("MODEL_BASE_PATH", "models"))
         command.add_argument("--data-dir", help="default: $DATA_DIR, else ~/.keras/datasets")
     return parser
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None):
@@ -220,7 +235,7 @@ def main(argv=None):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from serving.model_config import RegistryError
 
-    from .export import VersionNotFoundError
+    from .export import OutputFolderError, VersionNotFoundError
     from .folders import DataFolderError
     from .importer import ModelImportError
     from .train import CheckpointMismatchError
@@ -229,7 +244,8 @@ def main(argv=None):
         return args.handler(args)
     # A message, not a traceback.
     except (DatasetNotFoundError, VersionNotFoundError, TrainingSetTooSmallError, StrategyError,
-            DataFolderError, ModelNameError, ModelImportError, CheckpointMismatchError) as error:
+            DataFolderError, ModelNameError, ModelImportError, CheckpointMismatchError,
+            OutputFolderError) as error:
         logger.error("%s", error)
         return 2
     except RegistryError as error:  # after the export: the version is in place, its model not listed
@@ -240,4 +256,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # `docker stop`, Kubernetes and `timeout` send SIGTERM: stop as Ctrl-C does, through the cleanups
+    # (export_model's staging folder), not at once with a half-written version left in the models folder.
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

@@ -4,6 +4,7 @@ Pixels are scaled by 1/255 here and nowhere else in training, the same scaling t
 exported model's `preprocessing.json` tells the gateway to apply.
 """
 
+import hashlib
 import json
 import logging
 import shutil
@@ -98,8 +99,10 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=early_stopping_patience, restore_best_weights=True))
     if run_dir is not None:  # after EpochLogger, so the history and TensorBoard logs carry the rate
-        # What a checkpoint's optimizer state and schedule depend on besides the weights.
-        setup = {"precision": keras.mixed_precision.global_policy().name, "batch_size": batch_size}
+        # What a checkpoint's optimizer state and schedule depend on besides the weights, and the images it
+        # trained on (other images, and the validation split would hold some it has seen).
+        setup = {"precision": keras.mixed_precision.global_policy().name, "batch_size": batch_size,
+                 "epochs": epochs, "images": _fingerprint(x_train, y_train, validation_fraction)}
         if resume:
             check_checkpoint(model, Path(run_dir), setup)
         callbacks += _checkpoint_callbacks(Path(run_dir), resume, validation_data is not None, setup)
@@ -154,12 +157,21 @@ def check_checkpoint(model, run_dir, setup):
     written = run_dir / SETUP_FILE
     before = json.loads(written.read_text()) if written.exists() else setup  # runs from before the file
     changed = [f"{key} {before.get(key)} there, {value} here" for key, value in setup.items()
-               if before.get(key) != value]
+               if before.get(key, value) != value]  # a key a file from before it lacks is not checked
     if changed:
         raise CheckpointMismatchError(
             f"--resume: the checkpoint in {path.parent} was trained with another setup "
-            f"({'; '.join(changed)}; the batch is per replica times replicas). Resume with the --precision "
-            "and --strategy it was trained with, or run without --resume to start over")
+            f"({'; '.join(changed)}; the batch is per replica times replicas, the images are the training "
+            "split's count and digest). Resume with the --precision, --strategy, --epochs, --limit and data "
+            "it was trained with, or run without --resume to start over")
+
+
+def _fingerprint(images, labels, validation_fraction):
+    """The training images' count and a digest of them, their labels and the validation share."""
+    digest = hashlib.blake2b(np.float64(validation_fraction).tobytes(), digest_size=6)
+    for array in (images, labels):
+        digest.update(np.ascontiguousarray(array))  # no copy where it is contiguous already
+    return f"{len(images)}:{digest.hexdigest()}"
 
 
 def _checkpoint_callbacks(run_dir, resume, validating, setup):
