@@ -127,6 +127,10 @@ def test_folder_model_answers_through_the_real_stack(folder_models, image_folder
      "folder's classes (10 or more left after the test split)"),
     (lambda folder: [(folder / name).mkdir() or (folder / name / "a.jpg").write_bytes(b"\xff\xd8 no jpeg")
                      for name in ("cats", "dogs")], "none of them an image we can read"),
+    (lambda folder: (_images(folder / "caf\u00e9", 5), _images(folder / "cafe\u0301", 5)),
+     "are the same name written with other Unicode characters"),
+    (lambda folder: [(folder / name).mkdir() or (folder / name / "a.png").symlink_to(folder / "gone.png")
+                     for name in ("cats", "dogs")], "2 files, none of them an image we can read"),
 ])
 def test_unusable_folders_are_refused_with_what_to_fix(tmp_path, caplog, make, message):
     folder, models_dir = tmp_path / "data", tmp_path / "models"

@@ -193,9 +193,11 @@ def test_a_byte_order_mark_and_blank_lines_are_not_labels(tmp_path):
     ("cifar10", "model.keras", "collides with a built-in model"),
     ("my model", "model.keras", "is not valid"),
     ("mine", "labels.txt", "neither a .keras file nor a SavedModel folder"),
+    ("mine", "garbage.keras", "is not a Keras archive"),  # Keras itself said "File not found"
 ])
 def test_bad_names_and_files_are_refused(tmp_path, caplog, labels_file, name, path, message):
     classifier().save(tmp_path / "model.keras")
+    (tmp_path / "garbage.keras").write_bytes(b"not a zip archive")
     with caplog.at_level(logging.ERROR, logger="training"):
         status = main(["import", "--name", name, "--model", str(tmp_path / path),
                        "--labels", str(labels_file), "--models-dir", str(tmp_path / "models")])

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,14 @@ def _class_folders(folder, min_classes=2):
             path.name.encode("utf-8")
         except UnicodeEncodeError:
             raise DataFolderError(f"class folder {path.name!r} is not valid UTF-8; rename it") from None
+    # "café" typed on macOS (NFD) and elsewhere (NFC) are two folders but one label to a reader.
+    by_form = {}
+    for path in class_folders:
+        by_form.setdefault(unicodedata.normalize("NFC", path.name), []).append(path.name)
+    alike = [names for names in by_form.values() if len(names) > 1]
+    if alike:
+        raise DataFolderError(f"class folders {' and '.join(map(repr, alike[0]))} are the same name written "
+                              "with other Unicode characters (composed and decomposed accents); merge them")
     return class_folders
 
 
@@ -172,7 +181,10 @@ def _survey(class_folders):
     for label, class_folder in enumerate(class_folders):
         for path in sorted(class_folder.rglob("*")):
             hidden = any(part.startswith(".") for part in path.relative_to(class_folder).parts)
-            if hidden or not path.is_file():
+            if hidden or path.is_dir():
+                continue
+            if not path.is_file():  # a link to nothing, a socket, ...: counted with the files not read
+                skipped[str(path)] = "not a regular file (a broken link?)"
                 continue
             try:
                 image = decode_image(path.read_bytes())

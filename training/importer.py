@@ -7,6 +7,7 @@ out-of-distribution score read from the model's answers, its threshold calibrate
 
 import datetime
 import logging
+import zipfile
 from pathlib import Path
 
 import keras
@@ -144,6 +145,9 @@ def load_classifier(path):
     """A Keras model from a .keras file, or wrapping the serving_default signature of a SavedModel."""
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):  # Keras would answer "File not found" for a file that is there
+            raise ModelImportError(f"{path} is not a Keras archive (a .keras file is a zip archive that "
+                                   "model.save() writes); save the model again, or give a SavedModel folder")
         try:
             return keras.saving.load_model(str(path), compile=False)
         except Exception as error:  # noqa: BLE001 - whatever Keras raises, the file cannot be loaded as it is
