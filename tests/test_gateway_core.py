@@ -194,6 +194,14 @@ def test_limits_and_timeouts_must_be_positive(key, text):
         load_config(environ={key: text})
 
 
+def test_a_default_top_k_above_the_maximum_is_refused():
+    # Every request without top_k would have answered 400 invalid_top_k, blaming the caller.
+    with pytest.raises(ValueError, match="DEFAULT_TOP_K=20 is above MAX_TOP_K=10"):
+        load_config(environ={"DEFAULT_TOP_K": "20"})
+    with pytest.raises(ValueError, match="MAX_IMAGES_PER_EXPLAIN=-1 must be greater than zero"):
+        load_config({"MAX_IMAGES_PER_EXPLAIN": -1}, environ={})
+
+
 def test_create_app_imports_neither_gunicorn_nor_tensorflow():
     import subprocess
     import sys

@@ -369,3 +369,12 @@ def test_mixed_precision_training_exports_a_float32_graph(tmp_path, data_dir, na
     half_types = {tf.bfloat16.as_datatype_enum, tf.float16.as_datatype_enum}
     assert [node.name for node in nodes if "T" in node.attr and node.attr["T"].type in half_types] == []
     assert keras.mixed_precision.global_policy().name == "float32"  # the policy is restored afterwards
+
+
+def test_cli_samples_refuses_a_start_past_the_test_set(tmp_path, data_dir, caplog):
+    require_data(data_dir, "mnist")
+    with caplog.at_level(logging.ERROR, logger="training"):
+        status = main(["samples", "--model", "mnist", "--start", "10000", "--output-dir",
+                       str(tmp_path / "out"), "--data-dir", str(data_dir)])
+    assert status == 2 and "mnist's test set has 10,000 images" in caplog.text  # was: nothing written, 0
+    assert not (tmp_path / "out").exists()

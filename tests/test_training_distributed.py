@@ -131,3 +131,21 @@ def test_batch_and_learning_rate_scale_with_the_replicas():
     assert four.batch_size == 4 * quick.batch_size
     assert four.learning_rate == pytest.approx(2 * quick.learning_rate)  # Adam: the square root
     assert scale_for_replicas(sgd, 4).learning_rate == pytest.approx(4 * sgd.learning_rate)  # SGD: linear
+
+
+def test_a_resuming_worker_gets_the_chiefs_checkpoint_with_its_setup(tmp_path):
+    """Each worker checks --resume against the setup the checkpoint was written under, as the chief does:
+    without it, a worker would start while the chief refuses, and wait in the first all-reduce."""
+    from training.distribute import Distribution, worker_run_dir
+    from training.train import HISTORY_FILE, SETUP_FILE
+
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"weights")
+    for name in (HISTORY_FILE, SETUP_FILE):
+        (tmp_path / name).write_text("{}\n")
+    worker = Distribution(strategy=None, name="multiworker", replicas=2, workers=2, task="worker 1",
+                          is_chief=False)
+    with worker_run_dir(worker, tmp_path, resume=True) as scratch:
+        assert scratch != tmp_path
+        assert sorted(path.name for path in scratch.iterdir()) == sorted(["backup", HISTORY_FILE, SETUP_FILE])
+    assert not scratch.exists()

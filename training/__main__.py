@@ -120,6 +120,10 @@ def samples_command(args):
     from PIL import Image
 
     _, (x_test, y_test) = load_data(args.model, args.data_dir)
+    if args.start >= len(x_test):
+        logger.error("--start %d: %s's test set has %s images (indexes 0 to %s)", args.start, args.model,
+                     f"{len(x_test):,}", f"{len(x_test) - 1:,}")
+        return 2
     classes = DATASETS[args.model].classes
     output = os.path.join(args.output_dir, args.model)
     os.makedirs(output, exist_ok=True)

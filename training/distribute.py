@@ -168,10 +168,11 @@ def worker_run_dir(distribution, run_dir, resume=False):
         backup = Path(run_dir) / "backup"
         if resume and backup.is_dir():
             shutil.copytree(backup, scratch / "backup")
-            from .train import HISTORY_FILE
+            from .train import HISTORY_FILE, SETUP_FILE
 
-            if (Path(run_dir) / HISTORY_FILE).exists():
-                shutil.copy(Path(run_dir) / HISTORY_FILE, scratch / HISTORY_FILE)
+            for name in (HISTORY_FILE, SETUP_FILE):  # with the setup, each worker checks the resume too
+                if (Path(run_dir) / name).exists():
+                    shutil.copy(Path(run_dir) / name, scratch / name)
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

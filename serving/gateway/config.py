@@ -99,4 +99,9 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         if key in environ:
             config[key] = _convert(key, environ[key], type(default))
     config.update(overrides or {})
+    for key in _POSITIVE & set(overrides or {}):  # a test's or an embedder's values, not parsed above
+        if isinstance(config[key], (int, float)) and not config[key] > 0:
+            raise ValueError(f"setting {key}={config[key]!r} must be greater than zero")
+    if config["DEFAULT_TOP_K"] > config["MAX_TOP_K"]:  # every request without top_k would answer a 400
+        raise ValueError(f"DEFAULT_TOP_K={config['DEFAULT_TOP_K']} is above MAX_TOP_K={config['MAX_TOP_K']}")
     return config

@@ -127,7 +127,10 @@ class Gateway:
             self.catalog.forget(info.name)
             if options.label is None:
                 answer = self._send(info, batch, request_id, pinned=False)
-                info = self.catalog.resolve(info.name, answer.version)
+                name, version = info.name, answer.version
+                info = _on_another_replica(lambda: self.catalog.resolve(name, version), (
+                    f"model '{name}' version {version} answered, then could not be described (a new version "
+                    "is rolling out); retry"))
             else:
                 info = self.catalog.resolve(info.name, None, options.label)
                 answer = self._send(info, batch, request_id)
@@ -147,17 +150,9 @@ class Gateway:
         call = PredictCall(info.name, info.version, signature.input_key, (signature.output_key,), batch,
                            (request_id,) if request_id else (), signature_name=signature.name)
         deadline = time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"]
-        try:
-            answer = self.planner.predict(call, deadline)
-        except ModelNotFoundError:
-            # It answered the prediction a moment ago: mid-rollout, this call reached a replica without it
-            # (the next one goes to another), or it was unloaded since. The model is there either way.
-            try:
-                answer = self.planner.predict(call, deadline)
-            except ModelNotFoundError:
-                raise ModelServerUnavailableError(
-                    f"model '{info.name}' version {info.version} was unloaded while its explanation was "
-                    "computed (a new version is rolling out); retry") from None
+        answer = _on_another_replica(lambda: self.planner.predict(call, deadline), (
+            f"model '{info.name}' version {info.version} was unloaded while its explanation was computed (a "
+            "new version is rolling out); retry"))
         saliency = _rows(answer, signature.output_key, len(batch), info.name)
         frame = (info.spec.height, info.spec.width)
         if saliency.shape[1:] not in (frame, (*frame, 1)):
@@ -237,6 +232,20 @@ class Gateway:
             for name, value in models.items())
         self._been_ready = self._been_ready or ready  # first ready: every model was AVAILABLE
         return ready, models
+
+
+def _on_another_replica(attempt: Callable[[], Result], message: str) -> Result:
+    """`attempt()`, a call about a version that answered a moment ago, tried once more if it meets a
+    model server without it: mid-rollout the call reached a replica that has another version (the next
+    call goes to another), or it was unloaded since. The model is there either way: then 503 `message`,
+    not a 404."""
+    try:
+        return attempt()
+    except ModelNotFoundError:
+        try:
+            return attempt()
+        except ModelNotFoundError:
+            raise ModelServerUnavailableError(message) from None
 
 
 def _for_each_model(names: list[str], look_up: Callable[[str], Result]) -> list[Result]:
