@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from serving.gateway import create_app
+from serving.model_server import parse_model_server_config
 from serving.model_server.config import build_single_model_config
 from serving.model_server.options import ServerOptions
 from serving.model_server.server import create_server
@@ -25,14 +26,22 @@ from tests.model_fixtures.keras_classifier import export_test_model
 
 
 @contextlib.contextmanager
-def replicas(name: str, new: Path, old: Path) -> Iterator[FlaskClient]:
+def replicas(name: str, new: Path, old: Path, label: int | None = None) -> Iterator[FlaskClient]:
     """A gateway (its test client) in front of two model servers of model `name`: one serving the latest
-    version under `new`, one the latest under `old`. The gateway reads the versions' assets from `new`."""
+    version under `new`, one the latest under `old`. The gateway reads the versions' assets from `new`.
+    With `label`, each serves the versions of its folder and labels its own version `label` "stable"."""
     servers, ports = [], []
     try:
-        for base in (new, old):
-            options = ServerOptions(file_system_poll_wait_seconds=0, enable_model_warmup=False)
-            server, port = create_server("127.0.0.1:0", build_single_model_config(name, str(base)), options)
+        for base, stable in ((new, label), (old, 1)):
+            # Labels in a first config name versions not loaded yet: TF Serving needs this flag too.
+            options = ServerOptions(file_system_poll_wait_seconds=0, enable_model_warmup=False,
+                                    allow_version_labels_for_unavailable_models=label is not None)
+            config = build_single_model_config(name, str(base))
+            if label is not None:
+                config = parse_model_server_config(
+                    f'model_config_list {{ config {{ name: "{name}" base_path: "{base}" model_platform: '
+                    f'"tensorflow" version_labels {{ key: "stable" value: {stable} }} }} }}')
+            server, port = create_server("127.0.0.1:0", config, options)
             server.start()
             servers.append(server)
             ports.append(port)
@@ -141,3 +150,22 @@ def test_explanations_during_a_rollout_come_from_the_version_that_predicted(tmp_
             answers[body["version"], prediction["label"] in classes,
                     len(prediction["explanation"]["saliency"])] += 1
     assert set(answers) <= {(1, True, 28), (2, True, 28)} and answers, answers
+
+
+def test_a_label_during_a_rollout_is_resolved_by_the_replica_that_answers(tmp_path: Path):
+    """"stable" is version 2 on one replica and version 1 on the other (one has moved it already). The
+    retry sends the label itself, which the replica that takes the call resolves; before, the gateway
+    resolved it on one replica and pinned the number, which the next replica did not have."""
+    new, old = tmp_path / "new" / "toy", tmp_path / "old" / "toy"
+    export_test_model(new / "2", seed=1)
+    export_test_model(old / "1")
+    with replicas("toy", new, old, label=2) as client:
+        answers = collections.Counter()
+        for index in range(30):
+            if index % 3 == 0:
+                client.get("/v1/models/toy")  # shifts which replica a pinned call meets
+            image = png_bytes(np.zeros((28, 28), np.uint8))
+            response = client.post("/v1/models/toy:predict?label=stable", data=image,
+                                   content_type="image/png")
+            answers[response.status_code, response.get_json().get("version")] += 1
+    assert {status for status, _ in answers} == {200}, answers

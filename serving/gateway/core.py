@@ -119,28 +119,27 @@ class Gateway:
         except ModelNotFoundError:
             if options.version is not None:
                 raise
-            # The cached latest version was unloaded meanwhile, or (several model servers, a new version
-            # rolling out) the replica the call reached has another one: ask again once. Without a label,
-            # for whichever version is latest on the replica that takes the call (asking the catalog again
-            # could name the other replica's), with no output filter: the versions may differ in their
-            # outputs (one exported without a score), and the answer is read by the version that gave it.
+            # The cached latest (or labelled) version was unloaded meanwhile, or (several model servers, a
+            # new version rolling out) the replica the call reached has another one: ask again once, for
+            # whichever version is latest, or has the label, on the replica that takes the call (asking the
+            # catalog again could name the other replica's), with no output filter: the versions may differ
+            # in their outputs (one exported without a score), and the answer is read by the version that
+            # gave it.
             self.catalog.forget(info.name)
-            if options.label is None:
-                answer = self._send(info, batch, request_id, pinned=False)
-                name, version = info.name, answer.version
-                info = _on_another_replica(lambda: self.catalog.resolve(name, version), (
-                    f"model '{name}' version {version} answered, then could not be described (a new version "
-                    "is rolling out); retry"))
-            else:
-                info = self.catalog.resolve(info.name, None, options.label)
-                answer = self._send(info, batch, request_id)
+            answer = self._send(info, batch, request_id, pinned=False, label=options.label)
+            name, version = info.name, answer.version
+            info = _on_another_replica(lambda: self.catalog.resolve(name, version), (
+                f"model '{name}' version {version} answered, then could not be described (a new version is "
+                "rolling out); retry"))
         return info, answer, self._explain(info, batch, request_id) if options.explain else None
 
-    def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str, pinned: bool = True) -> Answer:
-        """Predict `batch` with `info`'s version and outputs (not `pinned`: with the model server's latest
-        version, which answers every output it has)."""
+    def _send(self, info: ModelInfo, batch: np.ndarray, request_id: str, pinned: bool = True,
+              label: str | None = None) -> Answer:
+        """Predict `batch` with `info`'s version and outputs (not `pinned`: with the version the model server
+        has as its latest, or labelled `label`, which answers every output it has)."""
         call = PredictCall(info.name, info.version if pinned else None, info.input_key,
-                           info.output_keys if pinned else (), batch, (request_id,) if request_id else ())
+                           info.output_keys if pinned else (), batch, (request_id,) if request_id else (),
+                           label=None if pinned else label)
         return self.planner.predict(call, time.monotonic() + self.config["REQUEST_TIMEOUT_SECONDS"])
 
     def _explain(self, info: ModelInfo, batch: np.ndarray, request_id: str) -> np.ndarray:

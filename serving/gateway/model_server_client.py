@@ -61,11 +61,12 @@ class PredictCall:
     images: np.ndarray
     request_ids: tuple[str, ...] = ()
     signature_name: str = SIGNATURE_NAME
+    label: str | None = None  # with version None: the version the model server that takes the call labels so
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Calls with the same key can be joined into one (see CallPlanner)."""
-        return (self.model, self.version, self.signature_name, self.input_key, self.output_keys,
+        return (self.model, self.version, self.label, self.signature_name, self.input_key, self.output_keys,
                 self.images.shape[1:], self.images.dtype.str)
 
 
@@ -213,6 +214,8 @@ def _predict_request(call: PredictCall) -> tuple[predict_pb2.PredictRequest, Any
     request.model_spec.signature_name = call.signature_name
     if call.version is not None:
         request.model_spec.version.value = call.version
+    elif call.label is not None:
+        request.model_spec.version_label = call.label
     request.inputs[call.input_key].CopyFrom(make_tensor_proto(call.images))
     request_ids = joined_request_ids(call.request_ids)
     return request, ((("x-request-id", request_ids),) if request_ids else None)
