@@ -26,6 +26,8 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+logger = logging.getLogger(__name__)
+
 # Of "energy", "mahalanobis", "smoothness", "stages", "input_pca" (see the module's docstring; "stages"
 # becomes one component per stage, "stage_1", ...). The gateway stretches the contrast of light-on-dark
 # uploads and crops them, which leaves their texture no signal (it cost the digit model 6 points of AUROC
@@ -36,8 +38,6 @@ COMPONENTS = {"light_on_dark": ("energy", "mahalanobis"),
 # how sure the answer is (max-softmax: Hendrycks & Gimpel 2017) and, for photos, the input's texture.
 ANSWER_COMPONENTS = {"light_on_dark": ("max_softmax",), "photo": ("max_softmax", "smoothness")}
 TWO_SIDED = ("smoothness",)  # components whose distance either way from the validation mean counts
-logger = logging.getLogger(__name__)
-
 OUTPUT_KEY = "ood_score"
 ASSET = "ood.json"
 TARGET_FLAG_RATE = 0.05

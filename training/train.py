@@ -120,7 +120,7 @@ def train(model, x_train, y_train, *, epochs, batch_size, validation_fraction=0.
 HISTORY_FILE = "history.jsonl"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 CHECKPOINT_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore's, in run_dir/backup
-SETUP_FILE = "setup.json"  # the precision and global batch the run's checkpoints were written under
+SETUP_FILE = "setup.json"  # the precision, global batch, epochs and images the run's checkpoints are of
 
 
 class CheckpointMismatchError(ValueError):
@@ -155,9 +155,10 @@ def check_checkpoint(model, run_dir, setup):
             "checkpoint's): the classes, the profile or the recipe changed since it was written. Run "
             "without --resume to start over (it deletes that checkpoint), or give another --logs-dir")
     written = run_dir / SETUP_FILE
-    before = json.loads(written.read_text()) if written.exists() else setup  # runs from before the file
-    changed = [f"{key} {before.get(key)} there, {value} here" for key, value in setup.items()
-               if before.get(key, value) != value]  # a key a file from before it lacks is not checked
+    before = json.loads(written.read_text()) if written.exists() else {}
+    # A run from before the file, or a key a file from before it lacks, is not checked.
+    changed = [f"{key} {before[key]} there, {value} here" for key, value in setup.items()
+               if before.get(key, value) != value]
     if changed:
         raise CheckpointMismatchError(
             f"--resume: the checkpoint in {path.parent} was trained with another setup "

@@ -85,9 +85,13 @@ def _convert(key: str, text: str, kind: type) -> Any:
         value = parse_boolean(text) if kind is bool else kind(text)
     except ValueError:
         raise ValueError(f"environment variable {key}={text!r} is not a valid {kind.__name__}") from None
-    if key in _POSITIVE and not value > 0:
-        raise ValueError(f"environment variable {key}={text!r} must be greater than zero")
+    _check_positive(key, value, f"environment variable {key}={text!r}")
     return value
+
+
+def _check_positive(key: str, value: Any, shown: str) -> None:
+    if key in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
+        raise ValueError(f"{shown} must be greater than zero")
 
 
 def load_config(overrides: Mapping[str, Any] | None = None,
@@ -99,9 +103,8 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         if key in environ:
             config[key] = _convert(key, environ[key], type(default))
     config.update(overrides or {})
-    for key in _POSITIVE & set(overrides or {}):  # a test's or an embedder's values, not parsed above
-        if isinstance(config[key], (int, float)) and not config[key] > 0:
-            raise ValueError(f"setting {key}={config[key]!r} must be greater than zero")
+    for key, value in (overrides or {}).items():  # a test's or an embedder's values, not parsed above
+        _check_positive(key, value, f"setting {key}={value!r}")
     if config["DEFAULT_TOP_K"] > config["MAX_TOP_K"]:  # every request without top_k would answer a 400
         raise ValueError(f"DEFAULT_TOP_K={config['DEFAULT_TOP_K']} is above MAX_TOP_K={config['MAX_TOP_K']}")
     return config
